@@ -1,0 +1,64 @@
+"""The one exception tree of modelbay.
+
+    ModelbayError                   base; never raised itself
+    ├── InvalidInput                the client sent something the model cannot take     (400 / INVALID_ARGUMENT)
+    │   ├── PayloadTooLarge         a body or image over its size limit                 (413)
+    │   └── UnsupportedMediaType    a Content-Type the door does not speak              (415)
+    ├── ModelNotFound               no model (or model version) by that name            (404 / NOT_FOUND)
+    ├── ModelNotReady               the model exists but cannot take requests now       (503 / UNAVAILABLE)
+    ├── Overloaded                  the model's queue is full; try again later          (503 / UNAVAILABLE)
+    ├── InferenceFailed             the model itself failed on a valid request          (500 / INTERNAL)
+    └── ModelLoadError              an artifact cannot be loaded; raised before serving (CLI exit 2)
+
+Each transport keeps one table from these classes to its status codes (`modelbay.http.errors`).
+A model's own failure is always InferenceFailed, a server error: never reported as the client's fault.
+"""
+
+from __future__ import annotations
+
+
+class ModelbayError(Exception):
+    """Base of every error modelbay raises on purpose. `message` is safe to show to a client."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ModelbayError):
+    """The request is malformed or does not match the model's inputs; says what was expected."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """A request body, or a decoded image, is over its configured limit."""
+
+
+class UnsupportedMediaType(InvalidInput):
+    """The request's Content-Type is not one this endpoint accepts."""
+
+
+class ModelNotFound(ModelbayError):
+    """No model is served under that name, or the model has no such version."""
+
+
+class ModelNotReady(ModelbayError):
+    """The model is known but not ready (loading, stopping or failed)."""
+
+
+class Overloaded(ModelbayError):
+    """The model's request queue is full (`max_queue_size`); the client should retry later."""
+
+
+class InferenceFailed(ModelbayError):
+    """The model raised, or broke the batch contract, on a request that was valid.
+
+    `error_id` ties the client's message to the server log line that holds the traceback.
+    """
+
+    def __init__(self, message: str, error_id: str | None = None) -> None:
+        super().__init__(message)
+        self.error_id = error_id
+
+
+class ModelLoadError(ModelbayError):
+    """An artifact cannot be loaded or served; the message says what was found and what to do."""

@@ -1,0 +1,119 @@
+"""The HTTP door: an ASGI app (Starlette) that translates requests into Dataplane calls.
+
+Routes:
+  POST /predict/{model}[/versions/{version}]        the simple door (image bytes, multipart, JSON)
+  GET  /v2                                          OIP server metadata
+  GET  /v2/health/live, /v2/health/ready            OIP health (200 true, 400 false, empty body)
+  GET  /v2/models/{model}[/versions/{version}]      OIP model metadata
+  GET  /v2/models/{model}[/versions/{version}]/ready
+  POST /v2/models/{model}[/versions/{version}]/infer
+  GET  /openapi.json, /docs                          the API description
+Every error body is `{"error": "..."}` with the status of `modelbay.http.errors.STATUS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from modelbay.codecs import oip_json
+from modelbay.errors import InvalidInput
+from modelbay.http.body import predict_examples, read_body
+from modelbay.http.errors import error_response, json_response
+from modelbay.http.openapi import docs_page, openapi_document
+from modelbay.runtime.dataplane import Dataplane
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+_EMPTY_OK = Response(status_code=200)
+BINARY_HEADER = "inference-header-content-length"
+
+
+def create_app(dataplane: Dataplane, max_body_bytes: int = 16 * 1024 * 1024) -> Starlette:
+    """The ASGI app over `dataplane`. Its lifespan starts and stops the dataplane's batchers.
+
+    max_body_bytes: largest request body accepted; larger ones get 413.
+    """
+
+    def endpoint(handler: Endpoint) -> Endpoint:
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                return error_response(exc)
+
+        return guarded
+
+    def model_ref(request: Request) -> tuple[str, str | None]:
+        return request.path_params["model"], request.path_params.get("version")
+
+    async def predict(request: Request) -> Response:
+        name, version = model_ref(request)
+        body = await read_body(request, max_body_bytes)
+        examples, single = await predict_examples(request, body)
+        result = await dataplane.predict(name, version, examples)
+        predictions = result.predictions[0] if single else result.predictions
+        return json_response({"model": result.model, "version": result.version, "predictions": predictions})
+
+    async def server_metadata(request: Request) -> Response:
+        return json_response(dataplane.server_metadata())
+
+    async def live(request: Request) -> Response:
+        return _EMPTY_OK if dataplane.live() else Response(status_code=400)
+
+    async def ready(request: Request) -> Response:
+        return _EMPTY_OK if dataplane.ready() else Response(status_code=400)
+
+    async def model_metadata(request: Request) -> Response:
+        return json_response(dataplane.model_metadata(*model_ref(request)))
+
+    async def model_ready(request: Request) -> Response:
+        return _EMPTY_OK if dataplane.model_ready(*model_ref(request)) else Response(status_code=400)
+
+    async def infer(request: Request) -> Response:
+        if BINARY_HEADER in request.headers:
+            raise InvalidInput("the binary tensor extension is not supported yet; send JSON tensor data")
+        name, version = model_ref(request)
+        body = await read_body(request, max_body_bytes)
+        response = await dataplane.infer(oip_json.decode_request(body, name, version))
+        return Response(oip_json.encode_response(response), media_type="application/json")
+
+    document = openapi_document()
+
+    async def openapi(request: Request) -> Response:
+        return json_response(document)
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(docs_page(document))
+
+    async def root(request: Request) -> Response:
+        return RedirectResponse("/docs")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await dataplane.start()
+        try:
+            yield
+        finally:
+            await dataplane.stop()
+
+    model = "/{model}"
+    versioned = "/{model}/versions/{version}"
+    routes = [Route("/", root), Route("/openapi.json", openapi), Route("/docs", docs)]
+    for ref in (model, versioned):
+        routes += [
+            Route(f"/predict{ref}", endpoint(predict), methods=["POST"]),
+            Route(f"/v2/models{ref}", endpoint(model_metadata)),
+            Route(f"/v2/models{ref}/ready", endpoint(model_ready)),
+            Route(f"/v2/models{ref}/infer", endpoint(infer), methods=["POST"]),
+        ]
+    routes += [
+        Route("/v2", endpoint(server_metadata)),
+        Route("/v2/health/live", endpoint(live)),
+        Route("/v2/health/ready", endpoint(ready)),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,88 @@
+"""Request bodies: read within `max_body_bytes`, and the simple door's three ways to send an example."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from modelbay.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+_json = msgspec.json.Decoder()
+MAX_FILES = 64
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with PayloadTooLarge as soon as it passes `limit` bytes.
+
+    A Content-Length over the limit is refused before reading; a chunked body is counted as it
+    streams, so an endless body cannot exhaust memory.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_json(body: bytes) -> Any:
+    """Parse a JSON body. Raises InvalidInput with the parser's position of the error."""
+    try:
+        return _json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+
+
+async def predict_examples(request: Request, body: bytes) -> tuple[list[Any], bool]:
+    """The examples of a `POST /predict/{model}` body, and whether it asked for a single one.
+
+    - `multipart/form-data`: each uploaded file is one example (bytes); one file -> single.
+    - JSON (`application/json`, or any body opening with "{"): `{"input": x}` is one example,
+      `{"inputs": [x, ...]}` a list of them.
+    - anything else (image/*, application/octet-stream, curl's default form type): the raw body
+      is one example (bytes).
+    Raises InvalidInput for an empty body or JSON of another shape, UnsupportedMediaType for a
+    multipart body without files.
+    """
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        files = await _uploaded_files(request, body)
+        return files, len(files) == 1
+    if not body:
+        raise InvalidInput("request body is empty; send an image, or JSON {\"input\": ...}")
+    if "json" in content_type or (body[:1] == b"{" and not content_type.startswith("image/")):
+        value = decode_json(body)
+        if isinstance(value, dict) and "input" in value:
+            return [value["input"]], True
+        if isinstance(value, dict) and isinstance(value.get("inputs"), list):
+            return value["inputs"], False
+        keys = sorted(value) if isinstance(value, dict) else type(value).__name__
+        raise InvalidInput(f'expected a JSON object {{"input": ...}} or {{"inputs": [...]}}, got {keys}')
+    return [body], True
+
+
+async def _uploaded_files(request: Request, body: bytes) -> list[Any]:
+    async def replay() -> Any:
+        yield body
+
+    parser = MultiPartParser(request.headers, replay(), max_files=MAX_FILES, max_fields=MAX_FILES)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidInput(f"malformed multipart body: {exc.message}") from None
+    files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+    try:
+        if not files:
+            raise UnsupportedMediaType("multipart body has no file part; upload the image as a file")
+        return [await upload.read() for upload in files]
+    finally:
+        await form.close()

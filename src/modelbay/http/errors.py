@@ -1,0 +1,62 @@
+"""The one table from modelbay errors to HTTP status codes, and the OIP error body.
+
+Error bodies are `{"error": "<message>"}`, the `$inference_error_response` of the Open Inference
+Protocol (REST), on every route.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from starlette.responses import Response
+
+from modelbay.codecs.oip_json import encode_json
+from modelbay.errors import (
+    InferenceFailed,
+    InvalidInput,
+    ModelbayError,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+
+log = logging.getLogger("modelbay.http")
+
+# Most specific class first: the first match in the exception's MRO wins.
+STATUS: dict[type[ModelbayError], int] = {
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    InvalidInput: 400,
+    ModelNotFound: 404,
+    ModelNotReady: 503,
+    Overloaded: 503,
+    InferenceFailed: 500,
+    ModelLoadError: 500,
+}
+
+
+def status_of(exc: ModelbayError) -> int:
+    """HTTP status for `exc`: the entry of its nearest class in STATUS, else 500."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response encoded by msgspec (numpy values included)."""
+    return Response(encode_json(body), status, headers=headers, media_type="application/json")
+
+
+def error_response(exc: Exception) -> Response:
+    """The OIP error response for any exception; an unexpected one is logged with an error id."""
+    if isinstance(exc, ModelbayError):
+        headers = {"Retry-After": "1"} if isinstance(exc, Overloaded) else None
+        return json_response({"error": exc.message}, status_of(exc), headers)
+    error_id = uuid.uuid4().hex[:12]
+    log.error("internal error (error id %s)", error_id, exc_info=exc)
+    return json_response({"error": f"internal server error (error id {error_id})"}, 500)

@@ -1,0 +1,107 @@
+"""Loading: a model file or folder -> a Predictor, whatever the artifact's format.
+
+`LOADERS` maps the detected `Format` to a loader module's `load(path, config) -> Runner`; adding a
+format is one module and one entry. A model folder is read first (its `modelbay.yaml` merged under
+the caller's settings); if it has a `predict.py`, that handler is the predictor.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelbay.errors import ModelLoadError
+from modelbay.loading import checkpoint, exported, onnx, safetensors, torchscript
+from modelbay.loading.detect import HANDLER_NAME, Format, detect
+from modelbay.loading.handler import load_handler
+from modelbay.loading.runner import Runner
+from modelbay.predictor import Predictor
+from modelbay.settings import MANIFEST_NAME, ModelConfig, convert, deep_merge, read_yaml
+from modelbay.tasks import make_predictor, tensor_specs
+
+LOADERS: dict[Format, Callable[[Path, ModelConfig], Runner]] = {
+    Format.TORCHSCRIPT: torchscript.load,
+    Format.EXPORTED: exported.load,
+    Format.CHECKPOINT: checkpoint.load,
+    Format.SAFETENSORS: safetensors.load,
+    Format.ONNX: onnx.load,
+}
+
+WEIGHT_SUFFIXES = (".pt2", ".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".onnx", ".ts")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class LoadedModel:
+    """A built (not yet set up) predictor with the config it was built from."""
+
+    config: ModelConfig
+    predictor: Predictor
+    model_dir: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name or "model"
+
+
+def load_model(entry: Mapping[str, Any]) -> LoadedModel:
+    """Build the predictor for one `models:` entry (ModelConfig fields; `path` is required).
+
+    In a model folder, `entry` overrides the folder's modelbay.yaml field by field.
+    Raises ModelLoadError saying what was found and what to do when anything cannot be loaded.
+    """
+    if not entry.get("path"):
+        raise ModelLoadError("a model needs a path (a model file or a model folder)")
+    path = Path(str(entry["path"])).expanduser()
+    fields = {key: value for key, value in entry.items() if value is not None}
+    if path.is_dir() and detect(path) is Format.FOLDER:
+        manifest = path / MANIFEST_NAME
+        fields = deep_merge(read_yaml(manifest) if manifest.is_file() else {}, fields)
+        fields.setdefault("name", path.resolve().name)
+        config = _config(fields, str(manifest))
+        if (path / HANDLER_NAME).is_file():
+            handler = load_handler(path / HANDLER_NAME, tensor_specs(config.inputs), tensor_specs(config.outputs))
+            return LoadedModel(config, handler, path)
+        weights = path / config.weights if config.weights else _find_weights(path)
+        return LoadedModel(config, _build(weights, config), path)
+    fields.setdefault("name", path.name.split(".")[0])
+    config = _config(fields, str(path))
+    return LoadedModel(config, _build(path, config), None)
+
+
+def _config(fields: dict[str, Any], source: str) -> ModelConfig:
+    config = convert(fields, ModelConfig, source)
+    if not config.name or not _NAME.match(config.name):
+        raise ModelLoadError(
+            f"{source}: model name {config.name!r} must start with a letter or digit and hold only "
+            "letters, digits, '_', '.' and '-' (it appears in URLs)"
+        )
+    return config
+
+
+def _build(path: Path, config: ModelConfig) -> Predictor:
+    if config.format is not None:
+        try:
+            fmt = Format(config.format)
+        except ValueError:
+            raise ModelLoadError(f"unknown format {config.format!r}; expected one of {[f.value for f in Format]}") from None
+    else:
+        fmt = detect(path)
+    loader = LOADERS.get(fmt)
+    if loader is None:
+        raise ModelLoadError(f"{path}: format {fmt.value} is not a model file")
+    return make_predictor(config, loader(path, config), path.parent)
+
+
+def _find_weights(folder: Path) -> Path:
+    candidates = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    if len(candidates) != 1:
+        found = [p.name for p in candidates] or "none"
+        raise ModelLoadError(
+            f"{folder}: set weights: in {MANIFEST_NAME} to the model file; found {found} "
+            f"among files ending in {', '.join(WEIGHT_SUFFIXES)}"
+        )
+    return candidates[0]

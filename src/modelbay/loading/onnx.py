@@ -1,0 +1,63 @@
+"""ONNX models, run by onnxruntime on the CPU execution provider."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from modelbay.errors import ModelLoadError
+from modelbay.settings import ModelConfig
+from modelbay.types import TensorSpec
+
+# onnxruntime's type strings -> OIP datatypes.
+_DATATYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+class OnnxRunner:
+    """An onnxruntime InferenceSession; specs come from the graph (symbolic dims show as -1)."""
+
+    platform = "onnxruntime_onnx"
+
+    def __init__(self, path: Path) -> None:
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"{path.name} is ONNX; install onnxruntime to serve it: pip install 'modelbay[onnx]'"
+            ) from exc
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelLoadError(f"{path}: onnxruntime cannot load it: {exc}") from exc
+        self.inputs = [_spec(arg) for arg in self.session.get_inputs()]
+        self.outputs = [_spec(arg) for arg in self.session.get_outputs()]
+        self._input_names = [spec.name for spec in self.inputs]
+
+    def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return list(self.session.run(None, dict(zip(self._input_names, arrays, strict=True))))
+
+
+def _spec(arg: object) -> TensorSpec:
+    shape = tuple(dim if isinstance(dim, int) else -1 for dim in getattr(arg, "shape", None) or [])
+    datatype = _DATATYPES.get(getattr(arg, "type", ""), "FP32")
+    return TensorSpec(getattr(arg, "name", "input"), datatype, shape)
+
+
+def load(path: Path, config: ModelConfig) -> OnnxRunner:
+    """An OnnxRunner for `path`. Raises ModelLoadError if onnxruntime is missing or rejects the file."""
+    return OnnxRunner(path)

@@ -1,0 +1,84 @@
+"""The served models, by name and model version."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelbay.errors import ModelNotFound
+from modelbay.predictor import Predictor
+from modelbay.runtime.batcher import Batcher
+from modelbay.settings import BatchingConfig
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """One model version being served: its predictor and the batcher in front of it.
+
+    ready: True between a successful start and stop (OIP "model ready").
+    """
+
+    name: str
+    version: str
+    predictor: Predictor
+    batching: BatchingConfig
+    model_dir: Path | None = None
+    ready: bool = False
+    batcher: Batcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.batcher = Batcher(
+            self.predictor.predict, self.batching, rows=self.predictor.rows, name=self.name
+        )
+
+
+def _version_key(version: str) -> tuple[int, int | str]:
+    return (1, int(version)) if version.isdigit() else (0, version)
+
+
+class ModelRegistry:
+    """Models by name; each name holds one or more versions, the highest being the default.
+
+    Versions compare numerically when they are digits ("10" > "9"), else as text.
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[str, dict[str, ServedModel]] = {}
+
+    def add(self, model: ServedModel) -> None:
+        """Register `model`. Raises ValueError if that name and version are already served."""
+        versions = self._models.setdefault(model.name, {})
+        if model.version in versions:
+            raise ValueError(f"model {model.name!r} version {model.version!r} is already served")
+        versions[model.version] = model
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        """The model `name` at `version` (default: its highest version).
+
+        Raises ModelNotFound naming the models (or versions) that are served.
+        """
+        versions = self._models.get(name)
+        if versions is None:
+            raise ModelNotFound(f"no model named {name!r}; served models: {sorted(self._models) or 'none'}")
+        if version is None:
+            return versions[max(versions, key=_version_key)]
+        try:
+            return versions[version]
+        except KeyError:
+            raise ModelNotFound(
+                f"model {name!r} has no version {version!r}; versions: {self.versions(name)}"
+            ) from None
+
+    def versions(self, name: str) -> list[str]:
+        """Versions of `name`, lowest first. Raises ModelNotFound for an unknown name."""
+        if name not in self._models:
+            raise ModelNotFound(f"no model named {name!r}; served models: {sorted(self._models) or 'none'}")
+        return sorted(self._models[name], key=_version_key)
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        for versions in self._models.values():
+            yield from versions.values()
+
+    def __len__(self) -> int:
+        return sum(len(versions) for versions in self._models.values())

@@ -1,0 +1,221 @@
+"""Dynamic batching: merge concurrent requests to one model into one `predict` call.
+
+The rules follow Triton's dynamic batcher (`max_batch_size`, `max_queue_delay_ms`, `max_queue_size`)
+and the contract of Ray Serve's `@serve.batch`: `predict` gets a list and must return exactly one
+output per element, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from modelbay.errors import InferenceFailed, InvalidInput, ModelbayError, ModelNotReady, Overloaded
+from modelbay.settings import BatchingConfig
+
+log = logging.getLogger("modelbay.batcher")
+
+
+@dataclass(slots=True)
+class _Pending:
+    item: Any
+    rows: int
+    future: asyncio.Future[Any]
+    enqueued_at: float
+
+
+@dataclass(slots=True)
+class BatcherStats:
+    """Counters since start: batches run, items (requests) in them, rows in them, items failed."""
+
+    batches: int = 0
+    items: int = 0
+    rows: int = 0
+    failed: int = 0
+
+
+class Batcher:
+    """Queues items for one model and runs them in batches on the model's own worker thread.
+
+    predict: the model's batch function (`Predictor.predict`): list of items -> list of outputs.
+    rows:    rows an item adds to a batch (`Predictor.rows`).
+    name:    model name, for log lines and error messages.
+    A batch closes when it holds `max_batch_size` rows, or when its oldest request has waited
+    `max_queue_delay_ms`, or (delay 0) as soon as the queue is empty. While one batch runs, new
+    requests queue up, so batches grow with load. Timing uses `time.monotonic()`.
+    """
+
+    def __init__(
+        self,
+        predict: Callable[[list[Any]], list[Any]],
+        config: BatchingConfig,
+        *,
+        rows: Callable[[Any], int] = lambda _item: 1,
+        name: str = "model",
+    ) -> None:
+        self._predict = predict
+        self._rows = rows
+        self.config = config
+        self.name = name
+        self.stats = BatcherStats()
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._queued_rows = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting to be batched now."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start the batching loop on the running event loop and the model's worker thread."""
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"modelbay-{self.name}")
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        """Stop the loop; requests still queued fail with ModelNotReady."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(ModelNotReady(f"model {self.name!r} is shutting down"))
+        self._queued_rows = 0
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def submit(self, item: Any) -> Any:
+        """Queue one item and wait for its output.
+
+        Raises InvalidInput if the item has more rows than `max_batch_size`; Overloaded if
+        `max_queue_size` requests already wait; ModelNotReady if the batcher is not running;
+        InferenceFailed (or the predictor's own ModelbayError) if the model fails on it.
+        """
+        if self._task is None:
+            raise ModelNotReady(f"model {self.name!r} is not running")
+        rows = self._rows(item)
+        if rows > self.config.max_batch_size:
+            raise InvalidInput(
+                f"request has {rows} rows, more than max_batch_size {self.config.max_batch_size} "
+                f"of model {self.name!r}; split it into smaller requests"
+            )
+        if len(self._queue) >= self.config.max_queue_size:
+            raise Overloaded(
+                f"model {self.name!r} has {len(self._queue)} requests queued "
+                f"(max_queue_size {self.config.max_queue_size}); retry later"
+            )
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(item, rows, future, time.monotonic()))
+        self._queued_rows += rows
+        self._wakeup.set()
+        return await future
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._wait_for_batch()
+            batch = self._take_batch()
+            if batch:
+                await self._run(batch)
+
+    async def _wait_for_batch(self) -> None:
+        """Wait until a full batch is queued or the oldest request has waited max_queue_delay_ms."""
+        deadline = self._queue[0].enqueued_at + self.config.max_queue_delay_ms / 1000
+        while self._queued_rows < self.config.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Pending]:
+        """Pop queued requests up to max_batch_size rows, dropping those whose caller has gone."""
+        batch: list[_Pending] = []
+        rows = 0
+        while self._queue and rows + self._queue[0].rows <= self.config.max_batch_size:
+            pending = self._queue.popleft()
+            self._queued_rows -= pending.rows
+            if pending.future.done():  # cancelled: the client disconnected or timed out
+                continue
+            batch.append(pending)
+            rows += pending.rows
+        return batch
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        items = [pending.item for pending in batch]
+        self.stats.batches += 1
+        self.stats.items += len(batch)
+        self.stats.rows += sum(pending.rows for pending in batch)
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._checked_predict, items)
+        except Exception as exc:
+            if len(batch) == 1:
+                self._fail(batch[0], exc)
+                return
+            # Isolate the failure: run each request alone so good ones are not failed with a bad one.
+            for pending in batch:
+                await self._run_alone(pending)
+            return
+        for pending, output in zip(batch, outputs, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(output)
+
+    async def _run_alone(self, pending: _Pending) -> None:
+        if pending.future.done():
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            (output,) = await loop.run_in_executor(self._executor, self._checked_predict, [pending.item])
+        except Exception as exc:
+            self._fail(pending, exc)
+            return
+        if not pending.future.done():
+            pending.future.set_result(output)
+
+    def _checked_predict(self, items: list[Any]) -> list[Any]:
+        outputs = self._predict(items)
+        if not isinstance(outputs, list | tuple) or len(outputs) != len(items):
+            got = len(outputs) if isinstance(outputs, list | tuple) else type(outputs).__name__
+            raise InferenceFailed(
+                f"predict returned {got} outputs for a batch of {len(items)}; it must return one per input"
+            )
+        return list(outputs)
+
+    def _fail(self, pending: _Pending, exc: Exception) -> None:
+        self.stats.failed += 1
+        if not pending.future.done():
+            pending.future.set_exception(model_failure(self.name, exc))
+
+
+def model_failure(model: str, exc: Exception) -> ModelbayError:
+    """What a client is told when model code raised `exc`.
+
+    A ModelbayError other than InferenceFailed (e.g. InvalidInput raised by a handler) passes
+    through unchanged. Anything else is logged with its traceback under a fresh error id and
+    becomes InferenceFailed (HTTP 500) whose message carries that id.
+    """
+    if isinstance(exc, ModelbayError) and not isinstance(exc, InferenceFailed):
+        return exc
+    error_id = uuid.uuid4().hex[:12]
+    log.error("model %r failed (error id %s)", model, error_id, exc_info=exc)
+    detail = exc.message if isinstance(exc, ModelbayError) else f"{type(exc).__name__}: {exc}"
+    return InferenceFailed(f"model {model!r} failed: {detail} (error id {error_id})", error_id)

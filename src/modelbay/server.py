@@ -1,0 +1,183 @@
+"""`Server`: wires settings, models, the dataplane and the HTTP app, and runs them under uvicorn.
+
+    server = modelbay.Server(settings); server.add_model("digits", module, example=x)
+    server.start()   # returns once listening; server.url
+    ...
+    server.stop()
+
+`serve(...)` is the blocking one-liner for a model in memory or on disk.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import torch
+import uvicorn
+
+from modelbay.errors import ModelLoadError
+from modelbay.http.app import create_app
+from modelbay.loading import LoadedModel, load_model
+from modelbay.loading.runner import TorchRunner, example_inputs, signature_inputs
+from modelbay.predictor import Predictor
+from modelbay.registry.registry import ModelRegistry, ServedModel
+from modelbay.runtime.dataplane import Dataplane
+from modelbay.settings import BatchingConfig, ModelConfig, Settings
+from modelbay.tasks.tensor import TensorPredictor
+
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+DEFAULT_MODEL = BUILTIN_DIR / "digits"
+
+
+class Server:
+    """One modelbay process: the models of `settings` plus any added in code, behind HTTP.
+
+    Models are loaded and set up in `load()` (called by `start`/`run`), before the port is bound,
+    so a model that cannot load raises ModelLoadError and nothing listens.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.registry = ModelRegistry()
+        self._pending: list[tuple[LoadedModel, BatchingConfig]] = []
+        self._uvicorn: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def add_model(
+        self,
+        name: str,
+        model: torch.nn.Module | Predictor,
+        *,
+        example: torch.Tensor | Sequence[torch.Tensor] | None = None,
+        version: str = "1",
+        batching: BatchingConfig | None = None,
+    ) -> None:
+        """Serve an in-memory model under `name`.
+
+        model:   a torch.nn.Module (served as tensors in, tensors out) or a Predictor.
+        example: an example batch (tensor, or tuple of tensors for several inputs) giving input
+                 dtypes and shapes; the batch dimension becomes dynamic. Without it, inputs are
+                 named after `forward`'s parameters and not shape-checked.
+        """
+        if isinstance(model, torch.nn.Module):
+            model.eval()
+            names = [spec.name for spec in signature_inputs(model)]
+            inputs = example_inputs(example, names) if example is not None else signature_inputs(model)
+            predictor: Predictor = TensorPredictor(TorchRunner(model, "pytorch_eager", inputs))
+        else:
+            predictor = model
+        config = ModelConfig(name=name, version=version)
+        self._pending.append((LoadedModel(config, predictor), batching or BatchingConfig()))
+
+    def load(self) -> None:
+        """Build and set up every model not loaded yet. Raises ModelLoadError naming the model."""
+        for entry in self.settings.models:
+            loaded = load_model(msgspec.to_builtins(entry))
+            self._pending.append((loaded, loaded.config.batching))
+        self.settings = msgspec.structs.replace(self.settings, models=[])
+        pending, self._pending = self._pending, []
+        for loaded, batching in pending:
+            try:
+                loaded.predictor.setup(loaded.model_dir)
+            except ModelLoadError as exc:
+                raise ModelLoadError(f"model {loaded.name!r}: {exc.message}") from exc
+            except Exception as exc:
+                raise ModelLoadError(f"model {loaded.name!r}: setup failed: {type(exc).__name__}: {exc}") from exc
+            model = ServedModel(loaded.name, loaded.config.version, loaded.predictor, batching, loaded.model_dir)
+            try:
+                self.registry.add(model)
+            except ValueError as exc:
+                raise ModelLoadError(str(exc)) from exc
+
+    def app(self) -> Any:
+        """The ASGI app over the loaded models (call `load()` first)."""
+        return create_app(Dataplane(self.registry), self.settings.max_body_bytes)
+
+    def _uvicorn_server(self) -> uvicorn.Server:
+        self.load()
+        config = uvicorn.Config(
+            self.app(),
+            host=self.settings.host,
+            port=self.settings.port,
+            log_level=self.settings.log_level,
+            access_log=False,
+            lifespan="on",
+        )
+        return uvicorn.Server(config)
+
+    def run(self) -> None:
+        """Load, listen and serve until SIGINT/SIGTERM (Ctrl-C). Blocks."""
+        self._uvicorn = self._uvicorn_server()
+        self._uvicorn.run()
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Load, then serve on a background thread; returns once listening.
+
+        Raises ModelLoadError before listening, or RuntimeError if the server did not start
+        within `timeout_s` seconds (e.g. the port is taken).
+        """
+        server = self._uvicorn = self._uvicorn_server()
+        self._thread = threading.Thread(target=server.run, name="modelbay-server", daemon=True)
+        self._thread.start()
+        waited = threading.Event()
+        for _ in range(int(timeout_s * 100)):
+            if server.started or not self._thread.is_alive():
+                break
+            waited.wait(0.01)
+        if not server.started:
+            self.stop()
+            raise RuntimeError(f"server did not start on {self.settings.host}:{self.settings.port}")
+
+    def stop(self) -> None:
+        """Stop serving: finish in-flight requests, stop the batchers, join the thread."""
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0). Raises RuntimeError before start."""
+        if self._uvicorn is None or not self._uvicorn.servers:
+            raise RuntimeError("server is not listening")
+        return int(self._uvicorn.servers[0].sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        """http://host:port of the running server."""
+        return f"http://{self.settings.host}:{self.port}"
+
+
+def serve(
+    model: torch.nn.Module | Predictor | str | Path | None = None,
+    name: str | None = None,
+    example: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch_size: int = 32,
+    max_queue_delay_ms: float = 0.0,
+    max_queue_size: int = 256,
+) -> None:
+    """Serve one model until Ctrl-C: an nn.Module or Predictor in memory, or a file/folder path.
+
+    name defaults to "model" in memory, else to the file's or folder's name. With no model,
+    serves the bundled digits classifier. Raises ModelLoadError before listening
+    when the model cannot be loaded.
+    """
+    batching = BatchingConfig(max_batch_size, max_queue_delay_ms, max_queue_size)
+    server = Server(Settings(host=host, port=port))
+    if model is None or isinstance(model, str | Path):
+        path = str(model or DEFAULT_MODEL)
+        overrides = {"path": path, "batching": msgspec.to_builtins(batching)}
+        if name is not None:
+            overrides["name"] = name
+        server.settings = Settings.load(overrides={"host": host, "port": port, "models": [overrides]})
+    else:
+        server.add_model(name or "model", model, example=example, batching=batching)
+    server.run()

@@ -1,0 +1,189 @@
+"""Typed settings: the server's, and each served model's (`ModelConfig`, also the schema of `modelbay.yaml`).
+
+Sources, highest precedence first: CLI flags, a YAML file (`--config`), `MODELBAY_*` environment
+variables, the defaults below. Every source is a plain dict until `Settings.load` merges them and
+msgspec converts the result, so a misspelt key or a wrong type is one clear error naming the field.
+Nothing here reads the environment at import.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import yaml
+
+from modelbay.errors import ModelLoadError
+
+MANIFEST_NAME = "modelbay.yaml"
+_T = TypeVar("_T")
+
+
+class _Config(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    pass
+
+
+class BatchingConfig(_Config):
+    """Dynamic batching for one model (the terms and defaults follow Triton's dynamic batcher).
+
+    max_batch_size:     most rows (summed first dimensions) merged into one forward pass; 1 disables
+                        batching. A request with more rows than this is refused with 400.
+    max_queue_delay_ms: longest a request waits, in milliseconds, for others to fill its batch.
+                        0 batches only what is already queued (batches still form under load,
+                        while the model is busy).
+    max_queue_size:     most requests waiting; one more is refused at once with 503 (Overloaded).
+    """
+
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 0.0
+    max_queue_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_queue_delay_ms < 0:
+            raise msgspec.ValidationError(
+                "batching: max_batch_size and max_queue_size must be >= 1, max_queue_delay_ms >= 0"
+            )
+
+
+class ImageConfig(_Config):
+    """Image preprocessing for `task: image-classification`, the torchvision recipe without torchvision.
+
+    mode:       Pillow mode the image is converted to: "RGB" (3 channels) or "L" (1 channel).
+    resize:     the shorter side is resized to this many pixels (bilinear, antialiased); None keeps it.
+    crop:       a centered square of this many pixels is cut out; None keeps the whole image.
+    mean, std:  per-channel normalization applied after scaling pixels to [0, 1]; None skips it.
+    max_pixels: images with more pixels than this are refused before decoding (decompression bombs).
+    """
+
+    mode: str = "RGB"
+    resize: int | None = None
+    crop: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    max_pixels: int = 40_000_000
+
+
+class TensorConfig(_Config):
+    """A model input or output as the manifest declares it; shape includes the batch dim (-1: any)."""
+
+    name: str
+    datatype: str = "FP32"
+    shape: list[int] | None = None
+
+
+class ModelConfig(_Config):
+    """How to load and serve one model: the CLI flags, a `models:` entry in YAML, or `modelbay.yaml`.
+
+    path:        model file or model folder (relative paths in a manifest are relative to its folder).
+    name:        name in URLs; defaults to the file's stem or the folder's name.
+    version:     model version, a string as in OIP; default "1".
+    format:      force a format instead of detecting it (see `modelbay.loading.detect.Format`).
+    weights:     in a model folder, the file that holds the model or its weights.
+    arch:        `package.module:Class` (or `file.py:Class` in the folder) building the network
+                 for a state_dict; `arch_kwargs` are passed to it.
+    trust_pickle: allow unpickling a full `torch.save(model)` file, which can run arbitrary code.
+    task:        "tensor" (tensors in, tensors out) or "image-classification".
+    inputs, outputs: tensor specs; found from the artifact where it says (torch.export, ONNX).
+    labels:      class names, inline or a file with one per line (image-classification).
+    top_k:       how many labels an image-classification answer lists.
+    softmax:     image-classification: the first output holds logits, so scores are their softmax;
+                 false when the model already returns probabilities.
+    """
+
+    path: str | None = None
+    name: str | None = None
+    version: str = "1"
+    format: str | None = None
+    weights: str | None = None
+    arch: str | None = None
+    arch_kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+    trust_pickle: bool = False
+    task: str = "tensor"
+    inputs: list[TensorConfig] | None = None
+    outputs: list[TensorConfig] | None = None
+    labels: list[str] | str | None = None
+    top_k: int = 5
+    softmax: bool = True
+    image: ImageConfig = msgspec.field(default_factory=ImageConfig)
+    batching: BatchingConfig = msgspec.field(default_factory=BatchingConfig)
+
+
+class Settings(_Config):
+    """Server settings.
+
+    host, port:     where the HTTP server listens (port 0: any free port).
+    max_body_bytes: largest request body accepted, in bytes; larger ones get 413.
+    log_level:      "debug", "info", "warning" or "error".
+    models:         the models to serve; each entry is a ModelConfig.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 16 * 1024 * 1024
+    log_level: str = "info"
+    models: list[ModelConfig] = msgspec.field(default_factory=list)
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | Path | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Merge defaults < `MODELBAY_*` variables of `environ` < YAML `config_file` < `overrides`.
+
+        Raises ModelLoadError naming the bad field when a value has the wrong type or is unknown.
+        """
+        merged: dict[str, Any] = {}
+        for name in cls.__struct_fields__:
+            value = (environ or {}).get(f"MODELBAY_{name.upper()}")
+            if value is not None and name != "models":
+                merged[name] = value
+        if config_file is not None:
+            merged = deep_merge(merged, read_yaml(Path(config_file)))
+        merged = deep_merge(merged, dict(overrides or {}))
+        return convert(merged, cls, source=str(config_file or "settings"))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from `path`. Raises ModelLoadError when it is missing or not a mapping."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} must hold a YAML mapping, found {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` updated by `top`; nested mappings are merged key by key, `top` winning."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def convert(data: Mapping[str, Any], kind: type[_T], source: str) -> _T:
+    """`data` as a `kind` struct; strings from the environment are coerced (msgspec lax mode).
+
+    Raises ModelLoadError with msgspec's path to the bad field, e.g. "$.batching.max_batch_size".
+    """
+    data = dict(data)
+    if isinstance(data.get("version"), int):
+        data["version"] = str(data["version"])
+    try:
+        return msgspec.convert(data, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ModelLoadError(f"{source}: {exc}") from exc
+
+
+def environment() -> dict[str, str]:
+    """The process environment, read when called (never at import)."""
+    return dict(os.environ)

@@ -1,0 +1,140 @@
+"""Tensors as the Open Inference Protocol names them: datatypes, shapes and tensor specs.
+
+Datatypes are the OIP v2 tensor data types ("Tensor Data Types" in the KServe Open Inference
+Protocol spec): BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BYTES. Inside modelbay a
+tensor is a numpy array; BYTES tensors are numpy object arrays holding `bytes`.
+A dimension of -1 in a shape means "any size" (dynamic), as in OIP model metadata.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from modelbay.errors import InvalidInput
+
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+_BY_NUMPY = {dtype: name for name, dtype in DATATYPES.items()}
+
+_TORCH = {
+    torch.bool: "BOOL",
+    torch.uint8: "UINT8",
+    torch.uint16: "UINT16",
+    torch.uint32: "UINT32",
+    torch.uint64: "UINT64",
+    torch.int8: "INT8",
+    torch.int16: "INT16",
+    torch.int32: "INT32",
+    torch.int64: "INT64",
+    torch.float16: "FP16",
+    torch.float32: "FP32",
+    torch.float64: "FP64",
+}
+
+
+def numpy_dtype(datatype: str) -> np.dtype:
+    """The numpy dtype of an OIP datatype name. Raises InvalidInput for an unknown name."""
+    try:
+        return DATATYPES[datatype]
+    except KeyError:
+        raise InvalidInput(
+            f"unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
+        ) from None
+
+
+def datatype_of(dtype: np.dtype | torch.dtype) -> str:
+    """The OIP datatype name of a numpy or torch dtype. Raises InvalidInput when OIP has none."""
+    name = _TORCH.get(dtype) if isinstance(dtype, torch.dtype) else _BY_NUMPY.get(np.dtype(dtype))
+    if name is None:
+        raise InvalidInput(f"dtype {dtype} has no Open Inference Protocol datatype")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One named model input or output, as OIP model metadata describes it.
+
+    name:     tensor name, e.g. "input".
+    datatype: OIP datatype name, e.g. "FP32".
+    shape:    full shape including the batch dimension; -1 marks a dynamic dimension.
+              None when the model does not say (TorchScript without a manifest): then only the
+              datatype is checked, and metadata shows [-1].
+    """
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...] | None = None
+
+    def metadata(self) -> dict[str, object]:
+        """The OIP `$metadata_tensor` object: {"name", "datatype", "shape"}."""
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape or (-1,))}
+
+    def check(self, array: np.ndarray) -> None:
+        """Raise InvalidInput unless `array` has this spec's datatype and a matching shape.
+
+        A spec without a shape was guessed (the model does not say), so nothing is checked.
+        """
+        if self.shape is None:
+            return
+        got = _BY_NUMPY.get(array.dtype, str(array.dtype))
+        if got != self.datatype:
+            raise InvalidInput(f"input {self.name!r}: expected datatype {self.datatype}, got {got}")
+        if array.ndim != len(self.shape) or any(
+            want not in (-1, have) for want, have in zip(self.shape, array.shape, strict=True)
+        ):
+            raise InvalidInput(
+                f"input {self.name!r}: expected shape {list(self.shape)} (-1 is any size), "
+                f"got {list(array.shape)}"
+            )
+
+    @property
+    def batched(self) -> bool:
+        """True when the first dimension is dynamic, so requests can be concatenated along it."""
+        return self.shape is None or (len(self.shape) > 0 and self.shape[0] == -1)
+
+
+def element_count(shape: list[int] | tuple[int, ...]) -> int:
+    """Number of elements in a tensor of `shape` (1 for a scalar shape [])."""
+    return math.prod(shape)
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    """One OIP inference request, decoded from any transport.
+
+    inputs:  named input tensors, each a numpy array of its declared shape (batch dim first).
+    outputs: names of the outputs to return; None returns all.
+    """
+
+    model_name: str
+    inputs: dict[str, np.ndarray]
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[str] | None = None
+
+
+@dataclass(slots=True)
+class InferenceResponse:
+    """One OIP inference response: named output tensors as numpy arrays."""
+
+    model_name: str
+    model_version: str
+    outputs: dict[str, np.ndarray]
+    id: str | None = None
