@@ -72,8 +72,13 @@ def save_all(model: DigitsNet, out: Path) -> None:
     safetensors.torch.save_file(model.state_dict(), out / "digits.safetensors")
     torch.save(model, out / "digits.pickled.pt")
     torch.onnx.export(
-        model, example, out / "digits.onnx", input_names=["image"], output_names=["logits"],
-        dynamic_shapes=({0: batch},), external_data=False,
+        model,
+        example,
+        out / "digits.onnx",
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_shapes=({0: batch},),
+        external_data=False,
     )
 
 

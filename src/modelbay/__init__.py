@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from modelbay.errors import (  # noqa: E402
+from modelbay.errors import (
     InferenceFailed,
     InvalidInput,
     ModelbayError,
@@ -13,9 +13,9 @@ from modelbay.errors import (  # noqa: E402
     ModelNotReady,
     Overloaded,
 )
-from modelbay.predictor import Predictor  # noqa: E402
-from modelbay.server import Server, serve  # noqa: E402
-from modelbay.settings import BatchingConfig, ModelConfig, Settings  # noqa: E402
+from modelbay.predictor import Predictor
+from modelbay.server import Server, serve
+from modelbay.settings import BatchingConfig, ModelConfig, Settings
 
 __all__ = [
     "BatchingConfig",

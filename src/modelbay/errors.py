@@ -1,13 +1,13 @@
 """The one exception tree of modelbay.
 
     ModelbayError                   base; never raised itself
-    ├── InvalidInput                the client sent something the model cannot take     (400 / INVALID_ARGUMENT)
-    │   ├── PayloadTooLarge         a body or image over its size limit                 (413)
-    │   └── UnsupportedMediaType    a Content-Type the door does not speak              (415)
-    ├── ModelNotFound               no model (or model version) by that name            (404 / NOT_FOUND)
-    ├── ModelNotReady               the model exists but cannot take requests now       (503 / UNAVAILABLE)
-    ├── Overloaded                  the model's queue is full; try again later          (503 / UNAVAILABLE)
-    ├── InferenceFailed             the model itself failed on a valid request          (500 / INTERNAL)
+    ├── InvalidInput                the client sent something the model cannot take (400 / INVALID_ARGUMENT)
+    │   ├── PayloadTooLarge         a body or image over its size limit             (413)
+    │   └── UnsupportedMediaType    a Content-Type the door does not speak          (415)
+    ├── ModelNotFound               no model (or model version) by that name        (404 / NOT_FOUND)
+    ├── ModelNotReady               the model exists but cannot take requests now   (503 / UNAVAILABLE)
+    ├── Overloaded                  the model's queue is full; try again later      (503 / UNAVAILABLE)
+    ├── InferenceFailed             the model itself failed on a valid request      (500 / INTERNAL)
     └── ModelLoadError              an artifact cannot be loaded; raised before serving (CLI exit 2)
 
 Each transport keeps one table from these classes to its status codes (`modelbay.http.errors`).

@@ -84,4 +84,3 @@ class Predictor:
             return {str(name): np.asarray(value) for name, value in result.items()}
         name = self.outputs[0].name if self.outputs else "output"
         return {name: np.asarray(result)}
-

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,8 +87,12 @@ class Server:
             except ModelLoadError as exc:
                 raise ModelLoadError(f"model {loaded.name!r}: {exc.message}") from exc
             except Exception as exc:
-                raise ModelLoadError(f"model {loaded.name!r}: setup failed: {type(exc).__name__}: {exc}") from exc
-            model = ServedModel(loaded.name, loaded.config.version, loaded.predictor, batching, loaded.model_dir)
+                raise ModelLoadError(
+                    f"model {loaded.name!r}: setup failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            model = ServedModel(
+                loaded.name, loaded.config.version, loaded.predictor, batching, loaded.model_dir
+            )
             try:
                 self.registry.add(model)
             except ValueError as exc:
@@ -110,9 +115,11 @@ class Server:
         return uvicorn.Server(config)
 
     def run(self) -> None:
-        """Load, listen and serve until SIGINT/SIGTERM (Ctrl-C). Blocks."""
+        """Load, listen and serve until SIGINT/SIGTERM (Ctrl-C), then shut down gracefully. Blocks."""
         self._uvicorn = self._uvicorn_server()
-        self._uvicorn.run()
+        # uvicorn re-raises the captured Ctrl-C after its graceful shutdown; that is a normal end here.
+        with contextlib.suppress(KeyboardInterrupt):
+            self._uvicorn.run()
 
     def start(self, timeout_s: float = 60.0) -> None:
         """Load, then serve on a background thread; returns once listening.
@@ -143,9 +150,10 @@ class Server:
     @property
     def port(self) -> int:
         """The bound port (useful with port 0). Raises RuntimeError before start."""
-        if self._uvicorn is None or not self._uvicorn.servers:
+        sockets = self._uvicorn.servers[0].sockets if self._uvicorn and self._uvicorn.servers else ()
+        if not sockets:
             raise RuntimeError("server is not listening")
-        return int(self._uvicorn.servers[0].sockets[0].getsockname()[1])
+        return int(sockets[0].getsockname()[1])
 
     @property
     def url(self) -> str:

@@ -54,9 +54,7 @@ def numpy_dtype(datatype: str) -> np.dtype:
     try:
         return DATATYPES[datatype]
     except KeyError:
-        raise InvalidInput(
-            f"unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
-        ) from None
+        raise InvalidInput(f"unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}") from None
 
 
 def datatype_of(dtype: np.dtype | torch.dtype) -> str:

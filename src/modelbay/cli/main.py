@@ -26,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve models. With no PATH (and no models in --config), serves the bundled digits "
         "classifier. Settings: these flags > --config YAML > MODELBAY_* environment variables.",
     )
-    serve.add_argument("paths", nargs="*", metavar="PATH", help="model file, model folder or model repository")
+    serve.add_argument(
+        "paths", nargs="*", metavar="PATH", help="model file, model folder or model repository"
+    )
     serve.add_argument("--config", help="YAML file with server settings and a models: list")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default 8000; 0 picks a free one)")
@@ -35,12 +37,18 @@ def _parser() -> argparse.ArgumentParser:
     model = serve.add_argument_group("model (applies to every PATH)")
     model.add_argument("--name", help="model name in URLs (one PATH only; default: file or folder name)")
     model.add_argument("--model-version", dest="version", help="model version (default 1)")
-    model.add_argument("--format", help="skip detection: torchscript, exported, checkpoint, safetensors, onnx")
+    model.add_argument(
+        "--format", help="skip detection: torchscript, exported, checkpoint, safetensors, onnx"
+    )
     model.add_argument("--task", help="tensor (default) or image-classification")
     model.add_argument("--arch", help="package.module:Class that builds the network for a state_dict")
     model.add_argument("--arch-kwargs", type=json.loads, help="JSON object of keyword arguments for --arch")
-    model.add_argument("--trust-pickle", action="store_true", default=None,
-                       help="allow unpickling a full torch.save(model) file (runs code from the file)")
+    model.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        default=None,
+        help="allow unpickling a full torch.save(model) file (runs code from the file)",
+    )
     model.add_argument("--max-batch-size", type=int, help="most rows merged into one forward pass")
     model.add_argument("--max-queue-delay-ms", type=float, help="longest wait for a batch to fill, in ms")
     model.add_argument("--max-queue-size", type=int, help="most queued requests before 503")
@@ -51,8 +59,10 @@ def _parser() -> argparse.ArgumentParser:
 def _model_entries(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.name and len(args.paths) > 1:
         raise ModelLoadError("--name needs exactly one PATH")
-    common = {key: getattr(args, key) for key in
-              ("name", "version", "format", "task", "arch", "arch_kwargs", "trust_pickle")}
+    common = {
+        key: getattr(args, key)
+        for key in ("name", "version", "format", "task", "arch", "arch_kwargs", "trust_pickle")
+    }
     batching = {key: getattr(args, key) for key in ("max_batch_size", "max_queue_delay_ms", "max_queue_size")}
     overrides = {key: value for key, value in common.items() if value is not None}
     if any(value is not None for value in batching.values()):
@@ -67,7 +77,9 @@ def _model_entries(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def serve(args: argparse.Namespace) -> int:
     """Load settings and models, then serve until interrupted. Returns the exit status."""
-    logging.basicConfig(level=(args.log_level or "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=(args.log_level or "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         flags = {key: getattr(args, key) for key in ("host", "port", "max_body_bytes", "log_level")}
         overrides: dict[str, Any] = {key: value for key, value in flags.items() if value is not None}
@@ -76,7 +88,9 @@ def serve(args: argparse.Namespace) -> int:
             overrides["models"] = entries
         settings = Settings.load(args.config, overrides, environment())
         if not settings.models:
-            settings = Settings.load(args.config, {**overrides, "models": [{"path": str(DEFAULT_MODEL)}]}, environment())
+            settings = Settings.load(
+                args.config, {**overrides, "models": [{"path": str(DEFAULT_MODEL)}]}, environment()
+            )
         server = Server(settings)
         server.load()
     except ModelLoadError as exc:

@@ -85,7 +85,9 @@ def decode_base64(text: str) -> bytes:
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidInput(f"input is not valid base64 ({len(text)} characters starting {text[:16]!r})") from None
+        raise InvalidInput(
+            f"input is not valid base64 ({len(text)} characters starting {text[:16]!r})"
+        ) from None
 
 
 def _resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
@@ -100,7 +102,9 @@ def _resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
 def _center_crop(image: Image.Image, size: int) -> Image.Image:
     width, height = image.size
     if width < size or height < size:
-        raise InvalidInput(f"image is {width}x{height} pixels, smaller than the {size}x{size} the model takes")
-    left = int(round((width - size) / 2.0))
-    top = int(round((height - size) / 2.0))
+        raise InvalidInput(
+            f"image is {width}x{height} pixels, smaller than the {size}x{size} the model takes"
+        )
+    left = round((width - size) / 2.0)
+    top = round((height - size) / 2.0)
     return image.crop((left, top, left + size, top + size))

@@ -104,9 +104,12 @@ def _numeric_array(raw: np.ndarray, dtype: np.dtype, datatype: str, name: str) -
     if raw.size == 0:
         return raw.astype(dtype)
     if raw.dtype.kind not in _ALLOWED_KINDS[dtype.kind]:
-        got = {"b": "booleans", "f": "fractional numbers", "U": "strings", "O": "mixed or oversized values"}.get(
-            raw.dtype.kind, f"{raw.dtype} values"
-        )
+        got = {
+            "b": "booleans",
+            "f": "fractional numbers",
+            "U": "strings",
+            "O": "mixed or oversized values",
+        }.get(raw.dtype.kind, f"{raw.dtype} values")
         raise InvalidInput(f"input {name!r}: datatype {datatype} cannot hold {got}")
     if dtype.kind in "iu":
         info = np.iinfo(dtype)

@@ -58,7 +58,7 @@ async def predict_examples(request: Request, body: bytes) -> tuple[list[Any], bo
         files = await _uploaded_files(request, body)
         return files, len(files) == 1
     if not body:
-        raise InvalidInput("request body is empty; send an image, or JSON {\"input\": ...}")
+        raise InvalidInput('request body is empty; send an image, or JSON {"input": ...}')
     if "json" in content_type or (body[:1] == b"{" and not content_type.startswith("image/")):
         value = decode_json(body)
         if isinstance(value, dict) and "input" in value:

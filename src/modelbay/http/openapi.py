@@ -23,8 +23,21 @@ _TENSOR = {
         "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
         "datatype": {
             "type": "string",
-            "enum": ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-                     "FP16", "FP32", "FP64", "BYTES"],
+            "enum": [
+                "BOOL",
+                "UINT8",
+                "UINT16",
+                "UINT32",
+                "UINT64",
+                "INT8",
+                "INT16",
+                "INT32",
+                "INT64",
+                "FP16",
+                "FP32",
+                "FP64",
+                "BYTES",
+            ],
         },
         "parameters": {"type": "object"},
         "data": {"description": "row-major data, flat or nested; booleans for BOOL, strings for BYTES"},
@@ -32,8 +45,11 @@ _TENSOR = {
 }
 _METADATA_TENSOR = {
     "type": "object",
-    "properties": {"name": {"type": "string"}, "datatype": {"type": "string"},
-                   "shape": {"type": "array", "items": {"type": "integer"}}},
+    "properties": {
+        "name": {"type": "string"},
+        "datatype": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+    },
 }
 _MODEL = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
 _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -44,8 +60,13 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 
 def _health(summary: str) -> dict[str, Any]:
-    return {"get": {"summary": summary, "tags": ["health"],
-                    "responses": {"200": {"description": "true"}, "400": {"description": "false"}}}}
+    return {
+        "get": {
+            "summary": summary,
+            "tags": ["health"],
+            "responses": {"200": {"description": "true"}, "400": {"description": "false"}},
+        }
+    }
 
 
 def openapi_document() -> dict[str, Any]:
@@ -54,46 +75,147 @@ def openapi_document() -> dict[str, Any]:
         "post": {
             "summary": "Predict: one image (raw body or multipart), or JSON {input} / {inputs}",
             "tags": ["predict"],
-            "requestBody": {"content": {
-                "image/*": {"schema": {"type": "string", "format": "binary"}},
-                "multipart/form-data": {"schema": {"type": "object", "properties": {
-                    "file": {"type": "string", "format": "binary"}}}},
-                "application/json": {"schema": {"type": "object", "properties": {
-                    "input": {"description": "one example: base64 image or a nested list"},
-                    "inputs": {"type": "array", "description": "several examples"}}}},
-            }},
+            "requestBody": {
+                "content": {
+                    "image/*": {"schema": {"type": "string", "format": "binary"}},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"file": {"type": "string", "format": "binary"}},
+                        }
+                    },
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "input": {"description": "one example: base64 image or a nested list"},
+                                "inputs": {"type": "array", "description": "several examples"},
+                            },
+                        }
+                    },
+                }
+            },
             "responses": {
-                "200": _json({"type": "object", "properties": {
-                    "model": {"type": "string"}, "version": {"type": "string"}, "predictions": {}}}),
-                "400": _ERROR, "404": _ERROR, "413": _ERROR, "415": _ERROR, "500": _ERROR, "503": _ERROR,
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "model": {"type": "string"},
+                            "version": {"type": "string"},
+                            "predictions": {},
+                        },
+                    }
+                ),
+                "400": _ERROR,
+                "404": _ERROR,
+                "413": _ERROR,
+                "415": _ERROR,
+                "500": _ERROR,
+                "503": _ERROR,
             },
         }
     }
-    metadata = {"get": {"summary": "OIP model metadata", "tags": ["model"], "responses": {
-        "200": _json({"type": "object", "properties": {
-            "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
-            "platform": {"type": "string"}, "inputs": {"type": "array", "items": _METADATA_TENSOR},
-            "outputs": {"type": "array", "items": _METADATA_TENSOR}}}),
-        "404": _ERROR}}}
-    ready = {"get": {"summary": "OIP model ready", "tags": ["model"], "responses": {
-        "200": {"description": "ready"}, "400": {"description": "not ready"}, "404": _ERROR}}}
-    infer = {"post": {
-        "summary": "OIP inference (JSON tensors)", "tags": ["model"],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "type": "object", "required": ["inputs"], "properties": {
-                "id": {"type": "string"}, "parameters": {"type": "object"},
-                "inputs": {"type": "array", "items": _TENSOR},
-                "outputs": {"type": "array", "items": {"type": "object", "properties": {
-                    "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}}}},
-        "responses": {"200": _json({"type": "object", "properties": {
-            "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
-            "outputs": {"type": "array", "items": _TENSOR}}}),
-            "400": _ERROR, "404": _ERROR, "413": _ERROR, "500": _ERROR, "503": _ERROR},
-    }}
+    metadata = {
+        "get": {
+            "summary": "OIP model metadata",
+            "tags": ["model"],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string"},
+                            "versions": {"type": "array", "items": {"type": "string"}},
+                            "platform": {"type": "string"},
+                            "inputs": {"type": "array", "items": _METADATA_TENSOR},
+                            "outputs": {"type": "array", "items": _METADATA_TENSOR},
+                        },
+                    }
+                ),
+                "404": _ERROR,
+            },
+        }
+    }
+    ready = {
+        "get": {
+            "summary": "OIP model ready",
+            "tags": ["model"],
+            "responses": {
+                "200": {"description": "ready"},
+                "400": {"description": "not ready"},
+                "404": _ERROR,
+            },
+        }
+    }
+    infer = {
+        "post": {
+            "summary": "OIP inference (JSON tensors)",
+            "tags": ["model"],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["inputs"],
+                            "properties": {
+                                "id": {"type": "string"},
+                                "parameters": {"type": "object"},
+                                "inputs": {"type": "array", "items": _TENSOR},
+                                "outputs": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "name": {"type": "string"},
+                                            "parameters": {"type": "object"},
+                                        },
+                                    },
+                                },
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "model_name": {"type": "string"},
+                            "model_version": {"type": "string"},
+                            "id": {"type": "string"},
+                            "outputs": {"type": "array", "items": _TENSOR},
+                        },
+                    }
+                ),
+                "400": _ERROR,
+                "404": _ERROR,
+                "413": _ERROR,
+                "500": _ERROR,
+                "503": _ERROR,
+            },
+        }
+    }
     paths: dict[str, Any] = {
-        "/v2": {"get": {"summary": "OIP server metadata", "tags": ["health"], "responses": {"200": _json(
-            {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"},
-                                              "extensions": {"type": "array", "items": {"type": "string"}}}})}}},
+        "/v2": {
+            "get": {
+                "summary": "OIP server metadata",
+                "tags": ["health"],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "name": {"type": "string"},
+                                "version": {"type": "string"},
+                                "extensions": {"type": "array", "items": {"type": "string"}},
+                            },
+                        }
+                    )
+                },
+            }
+        },
         "/v2/health/live": _health("OIP server live"),
         "/v2/health/ready": _health("OIP server ready: every model is ready"),
     }
@@ -107,8 +229,11 @@ def openapi_document() -> dict[str, Any]:
             paths[path] = {method: {**operation, "parameters": params} for method, operation in item.items()}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "modelbay", "version": __version__,
-                 "description": "Prediction service: a simple door and the Open Inference Protocol v2 (REST)."},
+        "info": {
+            "title": "modelbay",
+            "version": __version__,
+            "description": "Prediction service: a simple door and the Open Inference Protocol v2 (REST).",
+        },
         "paths": paths,
     }
 

@@ -63,7 +63,9 @@ def load_model(entry: Mapping[str, Any]) -> LoadedModel:
         fields.setdefault("name", path.resolve().name)
         config = _config(fields, str(manifest))
         if (path / HANDLER_NAME).is_file():
-            handler = load_handler(path / HANDLER_NAME, tensor_specs(config.inputs), tensor_specs(config.outputs))
+            handler = load_handler(
+                path / HANDLER_NAME, tensor_specs(config.inputs), tensor_specs(config.outputs)
+            )
             return LoadedModel(config, handler, path)
         weights = path / config.weights if config.weights else _find_weights(path)
         return LoadedModel(config, _build(weights, config), path)
@@ -87,7 +89,9 @@ def _build(path: Path, config: ModelConfig) -> Predictor:
         try:
             fmt = Format(config.format)
         except ValueError:
-            raise ModelLoadError(f"unknown format {config.format!r}; expected one of {[f.value for f in Format]}") from None
+            raise ModelLoadError(
+                f"unknown format {config.format!r}; expected one of {[f.value for f in Format]}"
+            ) from None
     else:
         fmt = detect(path)
     loader = LOADERS.get(fmt)

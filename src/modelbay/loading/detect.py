@@ -60,7 +60,9 @@ def _zip_format(path: Path) -> Format:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
     inner = {name.split("/", 1)[1] for name in names if "/" in name}
-    if "archive_format" in inner or any(name.startswith("models/") and name.endswith(".json") for name in inner):
+    if "archive_format" in inner or any(
+        name.startswith("models/") and name.endswith(".json") for name in inner
+    ):
         return Format.EXPORTED
     if "constants.pkl" in inner or any(name.startswith("code/") for name in inner):
         return Format.TORCHSCRIPT

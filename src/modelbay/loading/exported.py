@@ -23,9 +23,7 @@ def load(path: Path, config: ModelConfig) -> TorchRunner:
     except Exception as exc:  # torch raises many types for a broken archive
         raise ModelLoadError(f"{path}: not a loadable torch.export program: {exc}") from exc
     placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
-    inputs = [
-        _spec(name, placeholders[name].meta.get("val")) for name in program.graph_signature.user_inputs
-    ]
+    inputs = [_spec(name, placeholders[name].meta.get("val")) for name in program.graph_signature.user_inputs]
     (output_node,) = (node for node in program.graph.nodes if node.op == "output")
     values = [node.meta.get("val") for node in output_node.args[0]]
     names = ["output"] if len(values) == 1 else [f"output{i}" for i in range(len(values))]

@@ -33,7 +33,8 @@ class FunctionHandler(Predictor):
 
     def predict(self, batch: list[Any]) -> list[Any]:
         """The module's `predict(model, batch)`."""
-        return self.module.predict(self.model, batch)  # type: ignore[no-any-return]
+        outputs: list[Any] = self.module.predict(self.model, batch)
+        return outputs
 
 
 class ClassHandler(Predictor):
@@ -53,7 +54,8 @@ class ClassHandler(Predictor):
         return hook(example) if hook is not None else example
 
     def predict(self, batch: list[Any]) -> list[Any]:
-        return self.handler.predict(batch)  # type: ignore[no-any-return]
+        outputs: list[Any] = self.handler.predict(batch)
+        return outputs
 
     def postprocess(self, output: Any) -> Any:
         hook = getattr(self.handler, "postprocess", None)
@@ -76,7 +78,9 @@ def load_handler(
         classes = [
             obj
             for obj in vars(module).values()
-            if isinstance(obj, type) and obj.__module__ == module.__name__ and callable(getattr(obj, "predict", None))
+            if isinstance(obj, type)
+            and obj.__module__ == module.__name__
+            and callable(getattr(obj, "predict", None))
         ]
         if len(classes) != 1:
             raise ModelLoadError(

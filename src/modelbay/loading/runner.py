@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,9 +25,14 @@ class Runner(Protocol):
     Calling it runs one forward pass: arrays [batch, ...] per input -> arrays [batch, ...] per output.
     """
 
-    platform: str
-    inputs: Sequence[TensorSpec]
-    outputs: Sequence[TensorSpec]
+    @property
+    def platform(self) -> str: ...
+
+    @property
+    def inputs(self) -> Sequence[TensorSpec]: ...
+
+    @property
+    def outputs(self) -> Sequence[TensorSpec]: ...
 
     def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]: ...
 
@@ -83,7 +88,8 @@ def signature_inputs(module: torch.nn.Module) -> list[TensorSpec]:
     `inspect.signature`. *args and **kwargs contribute nothing.
     """
     if isinstance(module, torch.jit.ScriptModule):
-        names = [arg.name for arg in module.forward.schema.arguments[1:]]
+        schema: Any = module.forward.schema  # type: ignore[attr-defined]
+        names = [arg.name for arg in schema.arguments[1:]]
     else:
         kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         params = inspect.signature(module.forward).parameters.values()

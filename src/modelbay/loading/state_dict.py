@@ -13,7 +13,9 @@ from modelbay.loading.runner import TorchRunner, signature_inputs
 from modelbay.settings import ModelConfig
 
 
-def runner_from_state_dict(state: Mapping[str, torch.Tensor], config: ModelConfig, source: Path) -> TorchRunner:
+def runner_from_state_dict(
+    state: Mapping[str, torch.Tensor], config: ModelConfig, source: Path
+) -> TorchRunner:
     """Instantiate `config.arch(**config.arch_kwargs)`, load `state` into it strictly, eval mode.
 
     Raises ModelLoadError when no architecture was given (saying what the file holds), when the
@@ -44,4 +46,3 @@ def runner_from_state_dict(state: Mapping[str, torch.Tensor], config: ModelConfi
         )
     module.eval()
     return TorchRunner(module, "pytorch_state_dict", signature_inputs(module))
-

@@ -1,11 +1,11 @@
 """A model repository: one folder holding several models, each with one or more model versions.
 
-    repository/
-      digits/              a model folder (modelbay.yaml and/or predict.py): one model, its version
-      resnet/              a model with versions (Triton's layout)
-        modelbay.yaml      optional: settings shared by every version (task, batching, ...)
-        1/model.pt2        a version: a single model file...
-        2/                 ...or a model folder of its own
+repository/
+  digits/              a model folder (modelbay.yaml and/or predict.py): one model, its version
+  resnet/              a model with versions (Triton's layout)
+    modelbay.yaml      optional: settings shared by every version (task, batching, ...)
+    1/model.pt2        a version: a single model file...
+    2/                 ...or a model folder of its own
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ def scan_repository(path: Path, strict: bool = True) -> list[dict[str, Any]]:
         for version in versions:
             target = version if is_model_folder(version) else _single_file(version, strict)
             if target is not None:
-                entries.append(deep_merge(shared, {"name": child.name, "version": version.name, "path": str(target)}))
+                entries.append(
+                    deep_merge(shared, {"name": child.name, "version": version.name, "path": str(target)})
+                )
     return entries
 
 
@@ -54,6 +56,7 @@ def _single_file(folder: Path, strict: bool) -> Path | None:
         return files[0]
     if strict:
         raise ModelLoadError(
-            f"{folder}: a version folder needs one model file or a {MANIFEST_NAME}; found {[p.name for p in files]}"
+            f"{folder}: a version folder needs one model file or a {MANIFEST_NAME}; "
+            f"found {[p.name for p in files]}"
         )
     return None

@@ -41,7 +41,9 @@ class ImageClassifier(TensorPredictor):
     ) -> None:
         super().__init__(runner, inputs, outputs)
         if len(self.inputs) != 1:
-            raise ModelLoadError(f"image-classification needs a model with one input, this one has {len(self.inputs)}")
+            raise ModelLoadError(
+                f"image-classification needs a model with one input, this one has {len(self.inputs)}"
+            )
         self.transform = ImageTransform(image)
         self.labels = list(labels) if labels is not None else None
         self.top_k = top_k

@@ -98,7 +98,8 @@ class TensorPredictor(Predictor):
         """
         if isinstance(example, bytes | bytearray):
             raise InvalidInput(
-                f"this model takes tensors as JSON ({{\"input\": [...]}}), not a raw body of {len(example)} bytes"
+                'this model takes tensors as JSON ({"input": [...]}), '
+                f"not a raw body of {len(example)} bytes"
             )
         values = example if isinstance(example, dict) and len(self.inputs) != 1 else None
         if values is None:

@@ -1,0 +1,146 @@
+"""Shared fixtures: a small real model saved in every format, in-process and real servers."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from modelbay.server import Server
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "examples" / "digits"
+SAMPLES = DIGITS / "samples"
+MOBILENET = ROOT / "examples" / "mobilenet"
+
+# Written beside the weights so `--arch tiny_arch:Tiny` finds it in the model's folder.
+TINY_ARCH = """
+from torch import nn
+
+
+class Tiny(nn.Sequential):
+    def __init__(self, hidden: int = 8) -> None:
+        super().__init__(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+"""
+
+
+def tiny_module(hidden: int = 8) -> torch.nn.Sequential:
+    """A 4 -> hidden -> 3 MLP with seeded weights (same layout as tiny_arch.Tiny)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 3)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny() -> torch.nn.Sequential:
+    return tiny_module()
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory: pytest.TempPathFactory, tiny: torch.nn.Sequential) -> dict[str, Path]:
+    """The tiny model saved by each PyTorch route (and ONNX), keyed by format name."""
+    import safetensors.torch
+
+    out = tmp_path_factory.mktemp("tiny")
+    (out / "tiny_arch.py").write_text(TINY_ARCH)
+    example = (torch.randn(2, 4),)
+    batch = torch.export.Dim("batch")
+    files = {
+        "torchscript": out / "tiny.torchscript.pt",
+        "exported": out / "tiny.pt2",
+        "state_dict": out / "tiny.pth",
+        "safetensors": out / "tiny.safetensors",
+        "pickled": out / "tiny.pickled.pt",
+        "checkpoint": out / "tiny.ckpt",
+        "onnx": out / "tiny.onnx",
+    }
+    # Writing the old formats trips torch's own deprecation warnings (TorchScript is deprecated,
+    # the ONNX exporter uses deprecated pytree calls); users still have such files to serve.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(None):
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(tiny), files["torchscript"])
+        torch.export.save(torch.export.export(tiny, example, dynamic_shapes=({0: batch},)), files["exported"])
+        torch.save(tiny.state_dict(), files["state_dict"])
+        safetensors.torch.save_file(tiny.state_dict(), files["safetensors"])
+        torch.save(tiny, files["pickled"])
+        torch.save({"epoch": 3, "state_dict": tiny.state_dict()}, files["checkpoint"])
+        torch.onnx.export(
+            tiny,
+            example,
+            files["onnx"],
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
+    return files
+
+
+@contextlib.asynccontextmanager
+async def asgi_client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client calling `server`'s ASGI app in-process, with its lifespan running."""
+    server.load()
+    app = server.app()
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://modelbay.test") as client:
+            yield client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def modelbay_serve(*args: str, timeout_s: float = 90.0, cwd: Path = ROOT) -> Iterator[str]:
+    """Run the real `modelbay serve ARGS` on a free loopback port; yield its URL once ready.
+
+    Readiness is polled on /v2/health/ready (never read from a log line); the process is
+    stopped by PID at the end. Raises RuntimeError with its output if it exits or never gets ready.
+    """
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "modelbay"), "serve", *args, "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=cwd)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not _ready(url):
+                if process.poll() is not None:
+                    output.seek(0)
+                    log = output.read().decode()
+                    raise RuntimeError(f"modelbay serve exited with {process.returncode}:\n{log}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"modelbay serve not ready after {timeout_s} s")
+                time.sleep(0.1)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

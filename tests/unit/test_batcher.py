@@ -1,0 +1,142 @@
+"""The dynamic batcher: merging, limits, failure isolation, the one-output-per-input contract."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from modelbay.errors import InferenceFailed, InvalidInput, Overloaded
+from modelbay.runtime.batcher import Batcher
+from modelbay.settings import BatchingConfig
+
+pytestmark = pytest.mark.anyio
+
+
+class Recorder:
+    """A predict function that squares numbers and records every batch it was given."""
+
+    def __init__(self, fail_on: Any = None) -> None:
+        self.batches: list[list[Any]] = []
+        self.fail_on = fail_on
+
+    def __call__(self, batch: list[Any]) -> list[Any]:
+        self.batches.append(list(batch))
+        if self.fail_on is not None and self.fail_on in batch:
+            raise ValueError(f"cannot take {self.fail_on}")
+        return [x * x for x in batch]
+
+
+async def run_all(batcher: Batcher, items: list[Any]) -> list[Any]:
+    batcher.start()
+    try:
+        return await asyncio.gather(*(batcher.submit(x) for x in items), return_exceptions=True)
+    finally:
+        await batcher.stop()
+
+
+async def test_concurrent_requests_share_forward_passes_and_get_their_own_answers() -> None:
+    predict = Recorder()
+    batcher = Batcher(predict, BatchingConfig(max_batch_size=8, max_queue_delay_ms=50))
+    results = await run_all(batcher, list(range(20)))
+    assert results == [x * x for x in range(20)]
+    assert [len(b) for b in predict.batches] == [8, 8, 4]
+    assert batcher.stats.batches == 3 and batcher.stats.items == 20
+
+
+async def test_a_batch_never_exceeds_max_batch_size_in_rows() -> None:
+    sizes: list[int] = []
+
+    def predict(batch: list[list[int]]) -> list[int]:
+        sizes.append(sum(len(item) for item in batch))
+        return [len(item) for item in batch]
+
+    batcher = Batcher(predict, BatchingConfig(max_batch_size=5, max_queue_delay_ms=20), rows=len)
+    items = [[0] * n for n in (3, 2, 4, 1, 5, 2)]
+    assert await run_all(batcher, items) == [3, 2, 4, 1, 5, 2]
+    assert max(sizes) <= 5 and sum(sizes) == 17
+
+
+async def test_request_with_more_rows_than_max_batch_size_is_invalid() -> None:
+    batcher = Batcher(Recorder(), BatchingConfig(max_batch_size=4), rows=len, name="mlp")
+    (result,) = await run_all(batcher, [[1] * 5])
+    assert isinstance(result, InvalidInput)
+    assert "request has 5 rows, more than max_batch_size 4 of model 'mlp'" in result.message
+
+
+async def test_a_bad_item_fails_alone_and_the_rest_of_its_batch_succeeds() -> None:
+    predict = Recorder(fail_on=3)
+    batcher = Batcher(predict, BatchingConfig(max_batch_size=8, max_queue_delay_ms=50), name="sq")
+    results = await run_all(batcher, [1, 2, 3, 4])
+    assert results[:2] == [1, 4] and results[3] == 16
+    assert isinstance(results[2], InferenceFailed)
+    assert results[2].message.startswith("model 'sq' failed: ValueError: cannot take 3 (error id ")
+    assert results[2].error_id and results[2].error_id in results[2].message
+    assert predict.batches[0] == [1, 2, 3, 4]  # tried together first, then one by one
+    assert batcher.stats.failed == 1
+
+
+async def test_predict_returning_the_wrong_number_of_outputs_fails_the_batch() -> None:
+    batcher = Batcher(lambda batch: batch[:-1], BatchingConfig(max_batch_size=1))
+    (result,) = await run_all(batcher, [7])
+    assert isinstance(result, InferenceFailed)
+    assert "predict returned 0 outputs for a batch of 1; it must return one per input" in result.message
+
+
+async def test_full_queue_is_refused_at_once_with_overloaded() -> None:
+    release = threading.Event()
+
+    def slow(batch: list[int]) -> list[int]:
+        release.wait(timeout=10)
+        return batch
+
+    batcher = Batcher(slow, BatchingConfig(max_batch_size=1, max_queue_size=2))
+    batcher.start()
+    try:
+        running = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.05)  # item 0 is now inside predict; the queue is empty
+        queued = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match=r"2 requests queued \(max_queue_size 2\)"):
+            await batcher.submit(3)
+        release.set()
+        assert await asyncio.gather(running, *queued) == [0, 1, 2]
+    finally:
+        release.set()
+        await batcher.stop()
+
+
+async def test_requests_whose_caller_has_gone_are_skipped() -> None:
+    release = threading.Event()
+    seen: list[int] = []
+
+    def predict(batch: list[int]) -> list[int]:
+        release.wait(timeout=10)
+        seen.extend(batch)
+        return batch
+
+    batcher = Batcher(predict, BatchingConfig(max_batch_size=1))
+    batcher.start()
+    try:
+        first = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.05)
+        abandoned = asyncio.ensure_future(batcher.submit(2))
+        kept = asyncio.ensure_future(batcher.submit(3))
+        await asyncio.sleep(0)
+        abandoned.cancel()
+        release.set()
+        assert await first == 1 and await kept == 3
+        assert seen == [1, 3]
+    finally:
+        release.set()
+        await batcher.stop()
+
+
+async def test_delay_zero_batches_what_is_queued_while_the_model_is_busy() -> None:
+    predict = Recorder()
+    batcher = Batcher(predict, BatchingConfig(max_batch_size=16, max_queue_delay_ms=0))
+    results = await run_all(batcher, list(range(10)))
+    assert results == [x * x for x in range(10)]
+    assert len(predict.batches) < 10

@@ -1,0 +1,181 @@
+"""Every artifact format: detected from content, loaded, and answering like the original module."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modelbay.errors import ModelLoadError
+from modelbay.loading import load_model
+from modelbay.loading.detect import Format, detect
+
+EXPECTED_FORMAT = {
+    "torchscript": Format.TORCHSCRIPT,
+    "exported": Format.EXPORTED,
+    "state_dict": Format.CHECKPOINT,
+    "safetensors": Format.SAFETENSORS,
+    "pickled": Format.CHECKPOINT,
+    "checkpoint": Format.CHECKPOINT,
+    "onnx": Format.ONNX,
+}
+PLATFORM = {
+    "torchscript": "pytorch_torchscript",
+    "exported": "pytorch_exported",
+    "state_dict": "pytorch_state_dict",
+    "safetensors": "pytorch_state_dict",
+    "pickled": "pytorch_pickle",
+    "checkpoint": "pytorch_state_dict",
+    "onnx": "onnxruntime_onnx",
+}
+OPTIONS = {
+    "state_dict": {"arch": "tiny_arch:Tiny", "arch_kwargs": {"hidden": 8}},
+    "safetensors": {"arch": "tiny_arch:Tiny"},
+    "checkpoint": {"arch": "tiny_arch:Tiny"},
+    "pickled": {"trust_pickle": True},
+}
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED_FORMAT))
+def test_detect_tells_format_from_content_not_suffix(
+    kind: str, tiny_files: dict[str, Path], tmp_path: Path
+) -> None:
+    renamed = tmp_path / "model.bin"
+    shutil.copy(tiny_files[kind], renamed)
+    if kind != "onnx":  # ONNX has no magic number beyond its first protobuf tag; checked on the copy too
+        assert detect(renamed) is EXPECTED_FORMAT[kind]
+    assert detect(tiny_files[kind]) is EXPECTED_FORMAT[kind]
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED_FORMAT))
+def test_each_format_round_trips(kind: str, tiny_files: dict[str, Path], tiny: torch.nn.Module) -> None:
+    loaded = load_model({"path": str(tiny_files[kind]), **OPTIONS.get(kind, {})})
+    predictor = loaded.predictor
+    predictor.setup(loaded.model_dir)
+    assert predictor.platform == PLATFORM[kind]
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    (y,) = predictor.predict([[x]])[0]
+    np.testing.assert_allclose(y, tiny(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert y.shape == (5, 3)
+
+
+def test_exported_program_gives_true_metadata(tiny_files: dict[str, Path]) -> None:
+    loaded = load_model({"path": str(tiny_files["exported"])})
+    loaded.predictor.setup(None)
+    assert [s.metadata() for s in loaded.predictor.inputs] == [
+        {"name": "input", "datatype": "FP32", "shape": [-1, 4]}
+    ]
+    assert [s.metadata() for s in loaded.predictor.outputs] == [
+        {"name": "output", "datatype": "FP32", "shape": [-1, 3]}
+    ]
+    assert loaded.config.name == "tiny"
+
+
+def test_onnx_names_come_from_the_graph(tiny_files: dict[str, Path]) -> None:
+    loaded = load_model({"path": str(tiny_files["onnx"])})
+    loaded.predictor.setup(None)
+    assert [s.name for s in loaded.predictor.inputs] == ["x"]
+    assert [s.metadata() for s in loaded.predictor.outputs] == [
+        {"name": "y", "datatype": "FP32", "shape": [-1, 3]}
+    ]
+
+
+def test_state_dict_without_arch_says_what_it_holds(tiny_files: dict[str, Path]) -> None:
+    with pytest.raises(ModelLoadError) as err:
+        load_model({"path": str(tiny_files["state_dict"])})
+    assert err.value.message == (
+        "tiny.pth holds a state_dict of 4 tensors (0.weight, 0.bias, 2.weight, ...), not a model: "
+        "pass --arch module:Class (and --arch-kwargs JSON) or set arch: in modelbay.yaml"
+    )
+
+
+def test_state_dict_that_does_not_fit_the_arch_is_refused(tiny_files: dict[str, Path]) -> None:
+    with pytest.raises(ModelLoadError, match="does not fit tiny_arch:Tiny"):
+        load_model(
+            {"path": str(tiny_files["safetensors"]), "arch": "tiny_arch:Tiny", "arch_kwargs": {"hidden": 16}}
+        )
+
+
+def test_unknown_arch_is_a_clear_error(tiny_files: dict[str, Path]) -> None:
+    with pytest.raises(ModelLoadError, match="cannot import no_such_module"):
+        load_model({"path": str(tiny_files["state_dict"]), "arch": "no_such_module:Net"})
+
+
+def test_pickled_module_is_refused_unless_trusted(tiny_files: dict[str, Path]) -> None:
+    with pytest.raises(ModelLoadError) as err:
+        load_model({"path": str(tiny_files["pickled"])})
+    assert "holds a pickled torch.nn.modules.container.Sequential" in err.value.message
+    assert "--trust-pickle" in err.value.message
+
+
+def test_unrecognised_file_is_explained(tmp_path: Path) -> None:
+    junk = tmp_path / "notes.pt"
+    junk.write_text("these are not weights")
+    with pytest.raises(ModelLoadError, match="unrecognised file"):
+        detect(junk)
+    with pytest.raises(ModelLoadError, match="no such file or folder"):
+        load_model({"path": str(tmp_path / "missing.pt2")})
+
+
+def test_folder_without_manifest_or_handler_is_explained(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"without modelbay\.yaml or predict\.py"):
+        load_model({"path": str(tmp_path)})
+
+
+def test_model_folder_manifest_is_overridden_by_caller(tiny_files: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "mlp"
+    folder.mkdir()
+    shutil.copy(tiny_files["safetensors"], folder / "weights.safetensors")
+    shutil.copy(tiny_files["state_dict"].parent / "tiny_arch.py", folder / "tiny_arch.py")
+    (folder / "modelbay.yaml").write_text(
+        "arch: tiny_arch:Tiny\nversion: 3\ninputs: [{name: features, datatype: FP32, shape: [-1, 4]}]\n"
+        "batching: {max_batch_size: 8, max_queue_delay_ms: 2}\n"
+    )
+    loaded = load_model({"path": str(folder), "batching": {"max_batch_size": 4}})
+    assert (loaded.config.name, loaded.config.version) == ("mlp", "3")
+    assert (loaded.config.batching.max_batch_size, loaded.config.batching.max_queue_delay_ms) == (4, 2.0)
+    assert [s.name for s in loaded.predictor.inputs] == ["features"]
+
+
+def test_manifest_with_a_wrong_field_names_it(tmp_path: Path) -> None:
+    (tmp_path / "modelbay.yaml").write_text("batching: {max_batch_size: many}\n")
+    (tmp_path / "predict.py").write_text(
+        "def load(d):\n    return None\n\ndef predict(m, xs):\n    return xs\n"
+    )
+    with pytest.raises(ModelLoadError, match=r"max_batch_size"):
+        load_model({"path": str(tmp_path)})
+
+
+def test_digits_artifacts_all_classify_held_out_digits() -> None:
+    """Every committed digits artifact is the same trained network: >= 97% on the held-out split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from tests.conftest import DIGITS
+
+    digits = load_digits()
+    _, images, _, labels = train_test_split(
+        digits.images, digits.target, test_size=0.25, random_state=0, stratify=digits.target
+    )
+    x = (images / 16.0).astype(np.float32)[:, None]
+    artifacts = DIGITS / "artifacts"
+    options = {
+        "digits.state_dict.pt": {"arch": "model:DigitsNet"},
+        "digits.safetensors": {"arch": "model:DigitsNet"},
+        "digits.pickled.pt": None,  # pickles model.DigitsNet: covered by the trust test above
+    }
+    for artifact in sorted(artifacts.iterdir()):
+        extra = options.get(artifact.name, {})
+        if extra is None:
+            continue
+        entry = {"path": str(artifact), **extra}
+        if "arch" in entry:
+            entry["arch"] = str(DIGITS / "model.py") + ":DigitsNet"
+        loaded = load_model(entry)
+        loaded.predictor.setup(None)
+        (logits,) = loaded.predictor.predict([[x]])[0]
+        accuracy = float((logits.argmax(1) == labels).mean())
+        assert accuracy >= 0.97, (artifact.name, accuracy)
