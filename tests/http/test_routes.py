@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -114,10 +115,32 @@ def infer_body(
     }
 
 
+DEEP = 5_000  # past msgspec's recursion limit, within the 20 kB body limit
 FORM_WITHOUT_FILE = b'--b0\r\nContent-Disposition: form-data; name="a"\r\n\r\nb\r\n--b0--\r\n'
 BAD_REQUESTS = [
     ("POST", "/predict/nope", {"content": b"x"}, 404, "no model named 'nope'; served models: ['digits']"),
     ("GET", "/v2/models/nope", {}, 404, "no model named 'nope'"),
+    (
+        "POST",
+        "/predict/digits",
+        {"content": b'{"input": ' + b"[" * DEEP + b"]" * DEEP + b"}"},
+        400,
+        "request body is JSON nested too deeply",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"content": b'{"inputs": [{"data": ' + b"[" * DEEP + b"]" * DEEP + b"}]}"},
+        400,
+        "inference request is JSON nested too deeply",
+    ),
+    (
+        "POST",
+        "/v2/models/digits/infer",
+        {"json": infer_body([1], data=functools.reduce(lambda inner, _: [inner], range(70), [1.0]))},
+        400,
+        "input 'image': data is not a regular (non-ragged) array",
+    ),
     ("GET", "/v2/models/digits/versions/7", {}, 404, "model 'digits' has no version '7'; versions: ['1']"),
     ("GET", "/v2/models/digits/versions/7/ready", {}, 404, "has no version '7'"),
     ("POST", "/predict/digits", {"content": b"GIF89a..."}, 400, "could not decode an image from 9 bytes"),

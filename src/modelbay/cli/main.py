@@ -97,7 +97,8 @@ def serve(args: argparse.Namespace) -> int:
         print(f"modelbay: cannot serve: {exc.message}", file=sys.stderr)
         return 2
     names = ", ".join(f"{model.name} (version {model.version})" for model in server.registry)
-    print(f"modelbay: serving {names} on http://{settings.host}:{settings.port}", file=sys.stderr)
+    where = f"http://{settings.host}:{settings.port}" if settings.port else "a free port (uvicorn logs it)"
+    print(f"modelbay: serving {names} on {where}", file=sys.stderr)
     server.run()
     return 0
 

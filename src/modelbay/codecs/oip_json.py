@@ -64,6 +64,8 @@ def decode_request(body: bytes, model_name: str, model_version: str | None) -> I
         raise InvalidInput(f"invalid inference request: {exc}") from None
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"inference request is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("inference request is JSON nested too deeply") from None
     inputs: dict[str, np.ndarray] = {}
     for tensor in request.inputs:
         if tensor.name in inputs:

@@ -29,7 +29,13 @@ from modelbay.http.openapi import docs_page, openapi_document
 from modelbay.runtime.dataplane import Dataplane
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-_EMPTY_OK = Response(status_code=200)
+
+
+def _truth(value: bool) -> Response:
+    """OIP health answer: an empty body, 200 for true and 400 for false."""
+    return Response(status_code=200 if value else 400)
+
+
 BINARY_HEADER = "inference-header-content-length"
 
 
@@ -63,16 +69,16 @@ def create_app(dataplane: Dataplane, max_body_bytes: int = 16 * 1024 * 1024) -> 
         return json_response(dataplane.server_metadata())
 
     async def live(request: Request) -> Response:
-        return _EMPTY_OK if dataplane.live() else Response(status_code=400)
+        return _truth(dataplane.live())
 
     async def ready(request: Request) -> Response:
-        return _EMPTY_OK if dataplane.ready() else Response(status_code=400)
+        return _truth(dataplane.ready())
 
     async def model_metadata(request: Request) -> Response:
         return json_response(dataplane.model_metadata(*model_ref(request)))
 
     async def model_ready(request: Request) -> Response:
-        return _EMPTY_OK if dataplane.model_ready(*model_ref(request)) else Response(status_code=400)
+        return _truth(dataplane.model_ready(*model_ref(request)))
 
     async def infer(request: Request) -> Response:
         if BINARY_HEADER in request.headers:

@@ -40,6 +40,8 @@ def decode_json(body: bytes) -> Any:
         return _json.decode(body)
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("request body is JSON nested too deeply") from None
 
 
 async def predict_examples(request: Request, body: bytes) -> tuple[list[Any], bool]:

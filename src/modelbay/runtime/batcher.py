@@ -71,11 +71,6 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
 
-    @property
-    def queue_depth(self) -> int:
-        """Requests waiting to be batched now."""
-        return len(self._queue)
-
     def start(self) -> None:
         """Start the batching loop on the running event loop and the model's worker thread."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"modelbay-{self.name}")
