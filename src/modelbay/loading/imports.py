@@ -35,16 +35,18 @@ def import_file(path: Path) -> ModuleType:
 
 
 def import_object(spec: str, base_dir: Path) -> Any:
-    """Import `package.module:Name`, or `file.py:Name` / `module:Name` found as a file in `base_dir`.
+    """Import `package.module:Name`, or `path/file.py:Name`, or `module:Name` found as a file.
 
-    A model folder can so carry its architecture beside its weights. Raises ModelLoadError when
-    the module or the name cannot be found.
+    Files are looked up in `base_dir` (the model's folder, so a model can carry its architecture
+    beside its weights), then relative to the working directory. Raises ModelLoadError when the
+    module or the name cannot be found.
     """
     module_name, sep, attr = spec.partition(":")
     if not sep or not attr:
         raise ModelLoadError(f"{spec!r} must look like package.module:Class")
-    file = base_dir / (module_name if module_name.endswith(".py") else module_name.replace(".", "/") + ".py")
-    if file.is_file():
+    relative = module_name if module_name.endswith(".py") else module_name.replace(".", "/") + ".py"
+    file = next((p for p in (base_dir / relative, Path(relative)) if p.is_file()), None)
+    if file is not None:
         module = import_file(file)
     else:
         try:
