@@ -13,10 +13,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 import torch
 
 from modelbay.server import Server
+from modelbay.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "examples" / "digits"
@@ -87,7 +89,12 @@ def tiny_files(tmp_path_factory: pytest.TempPathFactory, tiny: torch.nn.Sequenti
 
 @contextlib.asynccontextmanager
 async def asgi_client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client calling `server`'s ASGI app in-process, with its lifespan running."""
+    """An httpx client calling `server`'s ASGI app in-process, with its lifespan running.
+
+    gRPC is off unless the server's settings name a port other than the default.
+    """
+    if server.settings.grpc_port == Settings().grpc_port:
+        server.settings = msgspec.structs.replace(server.settings, grpc_port=0)
     server.load()
     app = server.app()
     async with app.router.lifespan_context(app):
@@ -110,7 +117,8 @@ def modelbay_serve(*args: str, timeout_s: float = 90.0, cwd: Path = ROOT) -> Ite
     stopped by PID at the end. Raises RuntimeError with its output if it exits or never gets ready.
     """
     port = free_port()
-    command = [str(Path(sys.executable).parent / "modelbay"), "serve", *args, "--port", str(port)]
+    grpc = [] if "--grpc-port" in args else ["--grpc-port", "0"]
+    command = [str(Path(sys.executable).parent / "modelbay"), "serve", *args, "--port", str(port), *grpc]
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=cwd)

@@ -16,6 +16,12 @@ A model's own failure is always InferenceFailed, a server error: never reported 
 
 from __future__ import annotations
 
+import logging
+import uuid
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
 
 class ModelbayError(Exception):
     """Base of every error modelbay raises on purpose. `message` is safe to show to a client."""
@@ -62,3 +68,24 @@ class InferenceFailed(ModelbayError):
 
 class ModelLoadError(ModelbayError):
     """An artifact cannot be loaded or served; the message says what was found and what to do."""
+
+
+def nearest(table: dict[type[ModelbayError], _T], exc: ModelbayError, default: _T) -> _T:
+    """The entry of `table` for the closest class of `exc` in its MRO, else `default`.
+
+    Each transport's status table (HTTP status, gRPC code) is looked up this way.
+    """
+    for cls in type(exc).__mro__:
+        if cls in table:
+            return table[cls]
+    return default
+
+
+def internal_error(exc: Exception, log: logging.Logger) -> InferenceFailed:
+    """An unexpected exception (a modelbay bug, not the client's fault) as a 500 / INTERNAL.
+
+    The traceback goes to `log` under a fresh error id; the client sees only that id.
+    """
+    error_id = uuid.uuid4().hex[:12]
+    log.error("internal error (error id %s)", error_id, exc_info=exc)
+    return InferenceFailed(f"internal server error (error id {error_id})", error_id)

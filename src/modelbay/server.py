@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import torch
 import uvicorn
+from starlette.applications import Starlette
 
 from modelbay.errors import ModelLoadError
+from modelbay.grpc.servicer import create_grpc_server
 from modelbay.http.app import create_app
 from modelbay.loading import LoadedModel, load_model
 from modelbay.loading.runner import TorchRunner, example_inputs, signature_inputs
@@ -98,9 +99,31 @@ class Server:
             except ValueError as exc:
                 raise ModelLoadError(str(exc)) from exc
 
-    def app(self) -> Any:
-        """The ASGI app over the loaded models (call `load()` first)."""
-        return create_app(Dataplane(self.registry), self.settings.max_body_bytes)
+    def app(self) -> Starlette:
+        """The ASGI app over the loaded models (call `load()` first).
+
+        Its lifespan starts the batchers and, when `grpc_port` is set, the gRPC door on the same
+        event loop and dataplane; it raises RuntimeError at startup if the gRPC port cannot be bound.
+        """
+        dataplane = Dataplane(self.registry)
+        settings = self.settings
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            await dataplane.start()
+            grpc_server = None
+            try:
+                if settings.grpc_port:
+                    address = f"{settings.host}:{settings.grpc_port}"
+                    grpc_server = create_grpc_server(dataplane, address, settings.max_body_bytes)
+                    await grpc_server.start()
+                yield
+            finally:
+                if grpc_server is not None:
+                    await grpc_server.stop(grace=5)
+                await dataplane.stop()
+
+        return create_app(dataplane, settings.max_body_bytes, lifespan)
 
     def _uvicorn_server(self) -> uvicorn.Server:
         self.load()
@@ -120,6 +143,8 @@ class Server:
         # uvicorn re-raises the captured Ctrl-C after its graceful shutdown; that is a normal end here.
         with contextlib.suppress(KeyboardInterrupt):
             self._uvicorn.run()
+        if not self._uvicorn.started:
+            raise RuntimeError("the server failed to start; the log above says why")
 
     def start(self, timeout_s: float = 60.0) -> None:
         """Load, then serve on a background thread; returns once listening.
@@ -168,6 +193,7 @@ def serve(
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
+    grpc_port: int = 8001,
     max_batch_size: int = 32,
     max_queue_delay_ms: float = 0.0,
     max_queue_size: int = 256,
@@ -179,13 +205,15 @@ def serve(
     when the model cannot be loaded.
     """
     batching = BatchingConfig(max_batch_size, max_queue_delay_ms, max_queue_size)
-    server = Server(Settings(host=host, port=port))
+    server = Server(Settings(host=host, port=port, grpc_port=grpc_port))
     if model is None or isinstance(model, str | Path):
         path = str(model or DEFAULT_MODEL)
         overrides = {"path": path, "batching": msgspec.to_builtins(batching)}
         if name is not None:
             overrides["name"] = name
-        server.settings = Settings.load(overrides={"host": host, "port": port, "models": [overrides]})
+        server.settings = Settings.load(
+            overrides={"host": host, "port": port, "grpc_port": grpc_port, "models": [overrides]}
+        )
     else:
         server.add_model(name or "model", model, example=example, batching=batching)
     server.run()

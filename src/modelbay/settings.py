@@ -115,13 +115,16 @@ class Settings(_Config):
     """Server settings.
 
     host, port:     where the HTTP server listens (port 0: any free port).
-    max_body_bytes: largest request body accepted, in bytes; larger ones get 413.
+    grpc_port:      where the OIP gRPC server listens, on the same host; 0 disables gRPC.
+    max_body_bytes: largest request body (HTTP) or message (gRPC) accepted, in bytes; larger
+                    ones get 413 / INVALID_ARGUMENT.
     log_level:      "debug", "info", "warning" or "error".
     models:         the models to serve; each entry is a ModelConfig.
     """
 
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int = 8001
     max_body_bytes: int = 16 * 1024 * 1024
     log_level: str = "info"
     models: list[ModelConfig] = msgspec.field(default_factory=list)

@@ -31,7 +31,10 @@ def expected(tiny: torch.nn.Module, rows: list[list[float]]) -> np.ndarray:
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """Run `modelbay serve ARGS` expecting it to refuse to start."""
     return subprocess.run(
-        [MODELBAY, "serve", *args, "--port", str(free_port())], capture_output=True, text=True, timeout=120
+        [MODELBAY, "serve", *args, "--port", str(free_port()), "--grpc-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -153,7 +156,7 @@ def test_python_api_serve_blocks_until_interrupted(tmp_path: Path) -> None:
         import modelbay
 
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-        modelbay.serve(model, name="digits", example=torch.zeros(1, 1, 8, 8), port={port})
+        modelbay.serve(model, name="digits", example=torch.zeros(1, 1, 8, 8), port={port}, grpc_port=0)
     """)
     )
     process = subprocess.Popen(
@@ -182,7 +185,7 @@ def test_python_api_serve_blocks_until_interrupted(tmp_path: Path) -> None:
 
 
 def test_server_start_and_stop_on_a_free_port(tiny: torch.nn.Module) -> None:
-    server = Server(Settings(port=0))
+    server = Server(Settings(port=0, grpc_port=0))
     server.add_model("mlp", tiny, example=torch.zeros(1, 4))
     server.start()
     url = server.url

@@ -237,13 +237,6 @@ BAD_REQUESTS = [
         400,
         "request has 65 rows, more than max_batch_size 64 of model 'digits'",
     ),
-    (
-        "POST",
-        "/v2/models/digits/infer",
-        {"content": b"{}", "headers": {"inference-header-content-length": "2"}},
-        400,
-        "binary tensor extension is not supported yet",
-    ),
 ]
 
 

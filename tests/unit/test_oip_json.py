@@ -16,7 +16,7 @@ from modelbay.types import DATATYPES, InferenceResponse
 def test_every_numeric_datatype_round_trips(datatype: str) -> None:
     array = array_from_json([[0, 1, 2], [3, 4, 5]], datatype, [2, 3], "x")
     assert array.dtype == DATATYPES[datatype] and array.shape == (2, 3)
-    body = json.loads(encode_response(InferenceResponse("m", "1", {"y": array})))
+    body = json.loads(encode_response(InferenceResponse("m", "1", {"y": array}))[0])
     assert body["outputs"] == [
         {"name": "y", "datatype": datatype, "shape": [2, 3], "data": [0, 1, 2, 3, 4, 5]}
     ]
@@ -27,7 +27,7 @@ def test_bool_and_bytes() -> None:
     assert flags.dtype == np.bool_ and flags.tolist() == [True, False]
     words = array_from_json(["héllo", "w"], "BYTES", [2, 1], "w")
     assert words.shape == (2, 1) and words[0, 0] == "héllo".encode()
-    body = json.loads(encode_response(InferenceResponse("m", "1", {"w": words})))
+    body = json.loads(encode_response(InferenceResponse("m", "1", {"w": words}))[0])
     assert body["outputs"][0]["data"] == ["héllo", "w"]
 
 
@@ -90,6 +90,7 @@ def test_request_fields_are_kept() -> None:
         b'{"id": "r1", "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [1, 2]}],'
         b' "outputs": [{"name": "y"}]}'
     )
-    request = decode_request(body, "m", "2")
+    request, binary = decode_request(body, "m", "2")
+    assert not binary.wants("y")
     assert (request.model_name, request.model_version, request.id, request.outputs) == ("m", "2", "r1", ["y"])
     assert request.inputs["x"].dtype == np.float64

@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML file with server settings and a models: list")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default 8000; 0 picks a free one)")
+    serve.add_argument("--grpc-port", type=int, help="OIP gRPC port (default 8001; 0 disables gRPC)")
     serve.add_argument("--max-body-bytes", type=int, help="largest request body, in bytes (default 16 MiB)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     model = serve.add_argument_group("model (applies to every PATH)")
@@ -81,7 +82,9 @@ def serve(args: argparse.Namespace) -> int:
         level=(args.log_level or "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        flags = {key: getattr(args, key) for key in ("host", "port", "max_body_bytes", "log_level")}
+        flags = {
+            key: getattr(args, key) for key in ("host", "port", "grpc_port", "max_body_bytes", "log_level")
+        }
         overrides: dict[str, Any] = {key: value for key, value in flags.items() if value is not None}
         entries = _model_entries(args)
         if entries:
@@ -98,8 +101,14 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     names = ", ".join(f"{model.name} (version {model.version})" for model in server.registry)
     where = f"http://{settings.host}:{settings.port}" if settings.port else "a free port (uvicorn logs it)"
+    if settings.grpc_port:
+        where += f" and grpc://{settings.host}:{settings.grpc_port}"
     print(f"modelbay: serving {names} on {where}", file=sys.stderr)
-    server.run()
+    try:
+        server.run()
+    except RuntimeError as exc:
+        print(f"modelbay: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,18 +1,26 @@
-"""Open Inference Protocol v2 JSON tensors: inference request and response bodies.
+"""Open Inference Protocol v2 REST bodies: JSON tensors and the binary tensor data extension.
 
 Follows "Inference Request JSON Object" / "Inference Response JSON Object" and "Tensor Data" of
 the KServe Open Inference Protocol (REST): `data` is row-major, flat or nested; BOOL data are
 JSON booleans; BYTES data are strings. Decoding is typed with msgspec (one pass, no per-request
 schema building) and converts values strictly: no silent float->int truncation, no integer wrap.
+
+Binary tensor data extension (Triton's `binary_data`): the body is the JSON header followed by raw
+tensor bytes; the header's length travels in the `Inference-Header-Content-Length` HTTP header.
+An input with `parameters.binary_data_size` takes that many bytes, in input order. Outputs are
+returned raw when the request sets `parameters.binary_data_output`, or an output sets
+`parameters.binary_data` (which wins for that output).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 import numpy as np
 
+from modelbay.codecs.raw import array_from_raw, raw_from_array
 from modelbay.errors import InferenceFailed, InvalidInput
 from modelbay.types import InferenceRequest, InferenceResponse, datatype_of, element_count, numpy_dtype
 
@@ -21,7 +29,7 @@ class _RequestInput(msgspec.Struct):
     name: str
     shape: list[int]
     datatype: str
-    data: Any
+    data: Any = msgspec.UNSET
     parameters: dict[str, Any] | None = None
 
 
@@ -52,27 +60,75 @@ _encoder = msgspec.json.Encoder(enc_hook=_numpy_hook)
 _ALLOWED_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}
 
 
-def decode_request(body: bytes, model_name: str, model_version: str | None) -> InferenceRequest:
-    """An OIP `$inference_request` JSON body -> InferenceRequest with numpy inputs.
+@dataclass(frozen=True, slots=True)
+class BinaryOutputs:
+    """Which outputs a request wants as raw bytes: `default` for all, `per_output` overriding by name."""
 
-    Raises InvalidInput when the body is not JSON, misses a field, names an unknown datatype,
-    repeats an input name, or when an input's data does not fit its shape and datatype.
+    default: bool = False
+    per_output: dict[str, bool] = field(default_factory=dict)
+
+    def wants(self, name: str) -> bool:
+        return self.per_output.get(name, self.default)
+
+
+def decode_request(
+    body: bytes, model_name: str, model_version: str | None, header_length: int | None = None
+) -> tuple[InferenceRequest, BinaryOutputs]:
+    """An OIP `$inference_request` body -> InferenceRequest with numpy inputs, and its binary choice.
+
+    header_length: the `Inference-Header-Content-Length` value when the body carries binary tensor
+    data after a JSON header of that many bytes; None for a plain JSON body.
+    Raises InvalidInput when the JSON is malformed or misses a field, names an unknown datatype,
+    repeats an input name, when an input's data does not fit its shape and datatype, or when the
+    binary data is shorter or longer than the `binary_data_size` values say.
     """
+    if header_length is not None and not 0 <= header_length <= len(body):
+        raise InvalidInput(
+            f"Inference-Header-Content-Length is {header_length} but the body has {len(body)} bytes"
+        )
+    header = body if header_length is None else memoryview(body)[:header_length]
     try:
-        request = _request_decoder.decode(body)
+        request = _request_decoder.decode(header)
     except msgspec.ValidationError as exc:
         raise InvalidInput(f"invalid inference request: {exc}") from None
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"inference request is not valid JSON: {exc}") from None
     except RecursionError:
         raise InvalidInput("inference request is JSON nested too deeply") from None
+    binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
     inputs: dict[str, np.ndarray] = {}
+    offset = 0
     for tensor in request.inputs:
         if tensor.name in inputs:
             raise InvalidInput(f"input {tensor.name!r} appears twice in the request")
-        inputs[tensor.name] = array_from_json(tensor.data, tensor.datatype, tensor.shape, tensor.name)
+        size = (tensor.parameters or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise InvalidInput(
+                    f"input {tensor.name!r}: binary_data_size {size} but only {len(binary) - offset} "
+                    "bytes of binary data remain"
+                )
+            raw = binary[offset : offset + size]
+            offset += size
+            inputs[tensor.name] = array_from_raw(raw, tensor.datatype, tensor.shape, tensor.name)
+        elif tensor.data is msgspec.UNSET:
+            raise InvalidInput(f"input {tensor.name!r} has neither data nor parameters.binary_data_size")
+        else:
+            inputs[tensor.name] = array_from_json(tensor.data, tensor.datatype, tensor.shape, tensor.name)
+    if offset != len(binary):
+        raise InvalidInput(
+            f"{len(binary) - offset} bytes of binary data are left after the inputs' binary_data_size values"
+        )
     outputs = [output.name for output in request.outputs] if request.outputs is not None else None
-    return InferenceRequest(model_name, inputs, model_version, request.id, outputs)
+    choice = BinaryOutputs(
+        bool((request.parameters or {}).get("binary_data_output", False)),
+        {
+            output.name: bool(output.parameters["binary_data"])
+            for output in request.outputs or ()
+            if output.parameters and "binary_data" in output.parameters
+        },
+    )
+    return InferenceRequest(model_name, inputs, model_version, request.id, outputs), choice
 
 
 def array_from_json(data: Any, datatype: str, shape: list[int] | None, name: str) -> np.ndarray:
@@ -82,7 +138,7 @@ def array_from_json(data: Any, datatype: str, shape: list[int] | None, name: str
     a number for BYTES), integers out of the datatype's range, or an element count that differs
     from the shape's.
     """
-    dtype = numpy_dtype(datatype)
+    numpy_dtype(datatype)  # an unknown datatype fails first, whatever the data
     if shape is not None and any(dim < 0 for dim in shape):
         raise InvalidInput(f"input {name!r}: shape {shape} has a negative dimension")
     try:
@@ -92,7 +148,7 @@ def array_from_json(data: Any, datatype: str, shape: list[int] | None, name: str
     if datatype == "BYTES":
         array = _bytes_array(raw, name)
     else:
-        array = _numeric_array(raw, dtype, datatype, name)
+        array = cast_strict(raw, datatype, name)
     if shape is None:
         return array
     if array.size != element_count(shape):
@@ -102,7 +158,13 @@ def array_from_json(data: Any, datatype: str, shape: list[int] | None, name: str
     return array.reshape(shape)
 
 
-def _numeric_array(raw: np.ndarray, dtype: np.dtype, datatype: str, name: str) -> np.ndarray:
+def cast_strict(raw: np.ndarray, datatype: str, name: str) -> np.ndarray:
+    """Numbers decoded from the wire -> an array of numeric `datatype`, refusing lossy conversions.
+
+    Raises InvalidInput for booleans, strings or fractions where they do not belong, and for
+    integers outside the datatype's range.
+    """
+    dtype = numpy_dtype(datatype)
     if raw.size == 0:
         return raw.astype(dtype)
     if raw.dtype.kind not in _ALLOWED_KINDS[dtype.kind]:
@@ -133,19 +195,43 @@ def _bytes_array(raw: np.ndarray, name: str) -> np.ndarray:
     return out
 
 
-def encode_response(response: InferenceResponse) -> bytes:
-    """InferenceResponse -> OIP `$inference_response` JSON bytes (data flattened, row-major).
+def encode_response(
+    response: InferenceResponse, binary: BinaryOutputs | None = None
+) -> tuple[bytes, int | None]:
+    """InferenceResponse -> OIP `$inference_response` body, and the JSON header's length.
 
-    Raises InferenceFailed when a BYTES output is not UTF-8 text (JSON cannot carry raw bytes).
+    Outputs that `binary` asks for travel as raw bytes after the JSON header (their entry carries
+    `parameters.binary_data_size`); the others as JSON data (flattened, row-major). The returned
+    length is None when no output is binary (a plain JSON body).
+    Raises InferenceFailed when a JSON BYTES output is not UTF-8 text (JSON cannot carry raw bytes).
     """
+    outputs = []
+    blobs = []
+    for name, array in response.outputs.items():
+        if binary is not None and binary.wants(name):
+            raw = raw_from_array(array)
+            blobs.append(raw)
+            outputs.append(
+                {
+                    "name": name,
+                    "datatype": datatype_of(array.dtype),
+                    "shape": list(array.shape),
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            )
+        else:
+            outputs.append(output_json(name, array))
     body: dict[str, Any] = {
         "model_name": response.model_name,
         "model_version": response.model_version,
-        "outputs": [output_json(name, array) for name, array in response.outputs.items()],
+        "outputs": outputs,
     }
     if response.id is not None:
         body["id"] = response.id
-    return _encoder.encode(body)
+    header = _encoder.encode(body)
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)
 
 
 def output_json(name: str, array: np.ndarray) -> dict[str, Any]:

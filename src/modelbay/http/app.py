@@ -36,13 +36,30 @@ def _truth(value: bool) -> Response:
     return Response(status_code=200 if value else 400)
 
 
-BINARY_HEADER = "inference-header-content-length"
+BINARY_HEADER = "Inference-Header-Content-Length"
 
 
-def create_app(dataplane: Dataplane, max_body_bytes: int = 16 * 1024 * 1024) -> Starlette:
-    """The ASGI app over `dataplane`. Its lifespan starts and stops the dataplane's batchers.
+def _header_length(request: Request) -> int | None:
+    """The OIP binary extension's JSON header length, or None for a plain JSON body."""
+    value = request.headers.get(BINARY_HEADER)
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise InvalidInput(f"{BINARY_HEADER} must be a byte count, got {value!r}")
+    return int(value)
+
+
+Lifespan = Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]
+
+
+def create_app(
+    dataplane: Dataplane, max_body_bytes: int = 16 * 1024 * 1024, lifespan: Lifespan | None = None
+) -> Starlette:
+    """The ASGI app over `dataplane`.
 
     max_body_bytes: largest request body accepted; larger ones get 413.
+    lifespan: what runs around serving; by default it starts and stops the dataplane's batchers
+              (the Server passes one that also runs the gRPC door on the same event loop).
     """
 
     def endpoint(handler: Endpoint) -> Endpoint:
@@ -81,12 +98,17 @@ def create_app(dataplane: Dataplane, max_body_bytes: int = 16 * 1024 * 1024) -> 
         return _truth(dataplane.model_ready(*model_ref(request)))
 
     async def infer(request: Request) -> Response:
-        if BINARY_HEADER in request.headers:
-            raise InvalidInput("the binary tensor extension is not supported yet; send JSON tensor data")
         name, version = model_ref(request)
+        header_length = _header_length(request)
         body = await read_body(request, max_body_bytes)
-        response = await dataplane.infer(oip_json.decode_request(body, name, version))
-        return Response(oip_json.encode_response(response), media_type="application/json")
+        inference, binary = oip_json.decode_request(body, name, version, header_length)
+        response = await dataplane.infer(inference)
+        content, json_length = oip_json.encode_response(response, binary)
+        if json_length is None:
+            return Response(content, media_type="application/json")
+        return Response(
+            content, media_type="application/octet-stream", headers={BINARY_HEADER: str(json_length)}
+        )
 
     document = openapi_document()
 
@@ -100,7 +122,7 @@ def create_app(dataplane: Dataplane, max_body_bytes: int = 16 * 1024 * 1024) -> 
         return RedirectResponse("/docs")
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def dataplane_only(app: Starlette) -> AsyncIterator[None]:
         await dataplane.start()
         try:
             yield
@@ -122,4 +144,4 @@ def create_app(dataplane: Dataplane, max_body_bytes: int = 16 * 1024 * 1024) -> 
         Route("/v2/health/live", endpoint(live)),
         Route("/v2/health/ready", endpoint(ready)),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan or dataplane_only)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import msgspec
@@ -12,6 +13,7 @@ from starlette.requests import Request
 from modelbay.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 _json = msgspec.json.Decoder()
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # gzip header / zlib stream
 MAX_FILES = 64
 
 
@@ -31,7 +33,29 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    return decompress(b"".join(chunks), request.headers.get("content-encoding"), limit)
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo a gzip or deflate Content-Encoding, never inflating past `limit` bytes (zip bombs).
+
+    Raises PayloadTooLarge past the limit, InvalidInput for corrupt or truncated data,
+    UnsupportedMediaType for any other encoding.
+    """
+    if encoding in (None, "", "identity"):
+        return body
+    if encoding not in _WBITS:
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
+    inflater = zlib.decompressobj(_WBITS[encoding])
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"request body is not valid {encoding} data: {exc}") from None
+    if len(data) > limit:
+        raise PayloadTooLarge(f"request body inflates to more than the limit of {limit} bytes")
+    if not inflater.eof:
+        raise InvalidInput(f"request body is truncated {encoding} data")
+    return data
 
 
 def decode_json(body: bytes) -> Any:

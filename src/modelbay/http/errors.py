@@ -7,7 +7,6 @@ Protocol (REST), on every route.
 from __future__ import annotations
 
 import logging
-import uuid
 
 from starlette.responses import Response
 
@@ -22,6 +21,8 @@ from modelbay.errors import (
     Overloaded,
     PayloadTooLarge,
     UnsupportedMediaType,
+    internal_error,
+    nearest,
 )
 
 log = logging.getLogger("modelbay.http")
@@ -41,10 +42,7 @@ STATUS: dict[type[ModelbayError], int] = {
 
 def status_of(exc: ModelbayError) -> int:
     """HTTP status for `exc`: the entry of its nearest class in STATUS, else 500."""
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500
+    return nearest(STATUS, exc, 500)
 
 
 def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -54,9 +52,6 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
 
 def error_response(exc: Exception) -> Response:
     """The OIP error response for any exception; an unexpected one is logged with an error id."""
-    if isinstance(exc, ModelbayError):
-        headers = {"Retry-After": "1"} if isinstance(exc, Overloaded) else None
-        return json_response({"error": exc.message}, status_of(exc), headers)
-    error_id = uuid.uuid4().hex[:12]
-    log.error("internal error (error id %s)", error_id, exc_info=exc)
-    return json_response({"error": f"internal server error (error id {error_id})"}, 500)
+    error = exc if isinstance(exc, ModelbayError) else internal_error(exc, log)
+    headers = {"Retry-After": "1"} if isinstance(error, Overloaded) else None
+    return json_response({"error": error.message}, status_of(error), headers)

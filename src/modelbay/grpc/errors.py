@@ -1,0 +1,35 @@
+"""The one table from modelbay errors to gRPC status codes."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from modelbay.errors import (
+    InferenceFailed,
+    InvalidInput,
+    ModelbayError,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    internal_error,
+    nearest,
+)
+
+log = logging.getLogger("modelbay.grpc")
+
+CODES: dict[type[ModelbayError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    ModelNotReady: grpc.StatusCode.UNAVAILABLE,
+    Overloaded: grpc.StatusCode.UNAVAILABLE,
+    InferenceFailed: grpc.StatusCode.INTERNAL,
+    ModelLoadError: grpc.StatusCode.INTERNAL,
+}
+
+
+def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """gRPC code and details for any exception; an unexpected one is logged with an error id."""
+    error = exc if isinstance(exc, ModelbayError) else internal_error(exc, log)
+    return nearest(CODES, error, grpc.StatusCode.INTERNAL), error.message

@@ -1,0 +1,98 @@
+"""The gRPC door: `inference.GRPCInferenceService` (OIP v2) over the same Dataplane as HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from modelbay.codecs import oip_grpc
+from modelbay.errors import InvalidInput
+from modelbay.grpc.errors import status_of
+from modelbay.grpc.generated import grpc_predict_v2_pb2 as pb
+from modelbay.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelbay.runtime.dataplane import Dataplane
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """Translates OIP gRPC calls into Dataplane calls and errors into status codes (grpc/errors.py).
+
+    max_message_bytes: ModelInfer requests larger than this get INVALID_ARGUMENT (the gRPC runtime
+    itself refuses messages over twice this size with RESOURCE_EXHAUSTED before reading them).
+    """
+
+    def __init__(self, dataplane: Dataplane, max_message_bytes: int) -> None:
+        self.dataplane = dataplane
+        self.max_message_bytes = max_message_bytes
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        return pb.ServerMetadataResponse(**self.dataplane.server_metadata())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> Any:
+        async def call() -> Any:
+            return pb.ModelReadyResponse(
+                ready=self.dataplane.model_ready(request.name, request.version or None)
+            )
+
+        return await _guarded(context, call)
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
+        async def call() -> Any:
+            metadata = self.dataplane.model_metadata(request.name, request.version or None)
+            return pb.ModelMetadataResponse(
+                name=metadata["name"],
+                versions=metadata["versions"],
+                platform=metadata["platform"],
+                inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in metadata["inputs"]],
+                outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in metadata["outputs"]],
+            )
+
+        return await _guarded(context, call)
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
+        async def call() -> Any:
+            size = request.ByteSize()
+            if size > self.max_message_bytes:
+                raise InvalidInput(
+                    f"request message of {size} bytes is over the limit of {self.max_message_bytes} bytes"
+                )
+            response = await self.dataplane.infer(oip_grpc.decode_request(request))
+            return oip_grpc.encode_response(response)
+
+        return await _guarded(context, call)
+
+
+async def _guarded(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Any]]) -> Any:
+    try:
+        return await call()
+    except Exception as exc:
+        code, details = status_of(exc)
+        await context.abort(code, details)
+
+
+def create_grpc_server(dataplane: Dataplane, address: str, max_message_bytes: int) -> grpc.aio.Server:
+    """A grpc.aio server for `dataplane` bound to `address` ("host:port"); not started yet.
+
+    Raises RuntimeError when the address cannot be bound.
+    """
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 2 * max_message_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(dataplane, max_message_bytes), server
+    )
+    if server.add_insecure_port(address) == 0:
+        raise RuntimeError(f"cannot bind gRPC to {address}")
+    return server

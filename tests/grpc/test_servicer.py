@@ -1,0 +1,241 @@
+"""The OIP gRPC door on a real loopback port, driven by a real gRPC channel."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import grpc
+from modelbay import Predictor
+from modelbay.grpc.generated import grpc_predict_v2_pb2 as pb
+from modelbay.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelbay.server import Server
+from modelbay.settings import BatchingConfig, Settings
+from modelbay.types import TensorSpec
+from tests.conftest import free_port
+
+LIMIT = 64 * 1024
+
+
+class Affine(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 + 1
+
+
+class Words(Predictor):
+    """BYTES in, BYTES (upper-cased) and INT64 (lengths) out, per element."""
+
+    inputs = (TensorSpec("text", "BYTES", (-1,)),)
+    outputs = (TensorSpec("upper", "BYTES", (-1,)), TensorSpec("length", "INT64", (-1,)))
+
+    def rows(self, item: Any) -> int:
+        return len(item)
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return [
+            {
+                "upper": np.array([t.upper() for t in item], dtype=object),
+                "length": np.array([len(t) for t in item], dtype=np.int64),
+            }
+            for item in batch
+        ]
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
+    server = Server(Settings(port=0, grpc_port=free_port(), max_body_bytes=LIMIT))
+    server.add_model("affine", Affine(), example=torch.zeros(1, 3))
+    server.add_model("half", Affine(), example=torch.zeros(1, 2, dtype=torch.float16))
+    server.add_model("ints", Affine(), example=torch.zeros(1, 2, dtype=torch.int64))
+    server.add_model("words", Words(), batching=BatchingConfig(16))
+    server.start()
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{server.settings.grpc_port}", options=[("grpc.max_send_message_length", 8 * LIMIT)]
+    )
+    try:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+    finally:
+        channel.close()
+        server.stop()
+
+
+def infer(
+    stub: pb_grpc.GRPCInferenceServiceStub, model: str, *tensors: dict, raw: list[bytes] | None = None
+) -> Any:
+    request = pb.ModelInferRequest(model_name=model, id="r1")
+    for tensor in tensors:
+        contents = tensor.pop("contents", None)
+        added = request.inputs.add(**tensor)
+        if contents:
+            added.contents.CopyFrom(pb.InferTensorContents(**contents))
+    request.raw_input_contents.extend(raw or [])
+    return stub.ModelInfer(request)
+
+
+def test_health_and_metadata(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    assert stub.ServerLive(pb.ServerLiveRequest()).live
+    assert stub.ServerReady(pb.ServerReadyRequest()).ready
+    assert stub.ModelReady(pb.ModelReadyRequest(name="affine", version="1")).ready
+    assert stub.ServerMetadata(pb.ServerMetadataRequest()).name == "modelbay"
+    metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name="words"))
+    assert (metadata.name, list(metadata.versions), metadata.platform) == ("words", ["1"], "python")
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("text", "BYTES", [-1])]
+    assert [t.name for t in metadata.outputs] == ["upper", "length"]
+
+
+def test_typed_contents_and_raw_output(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    reply = infer(
+        stub,
+        "affine",
+        {"name": "x", "datatype": "FP32", "shape": [2, 3], "contents": {"fp32_contents": range(6)}},
+    )
+    assert (reply.model_name, reply.model_version, reply.id) == ("affine", "1", "r1")
+    (output,) = reply.outputs
+    assert (output.name, output.datatype, list(output.shape)) == ("output", "FP32", [2, 3])
+    np.testing.assert_array_equal(np.frombuffer(reply.raw_output_contents[0], "<f4"), np.arange(6) * 2 + 1)
+
+
+def test_raw_contents_fp16_and_int64(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    half = np.array([[0.5, -1.0]], np.float16)
+    reply = infer(stub, "half", {"name": "x", "datatype": "FP16", "shape": [1, 2]}, raw=[half.tobytes()])
+    np.testing.assert_array_equal(np.frombuffer(reply.raw_output_contents[0], "<f2"), [2.0, -1.0])
+    reply = infer(
+        stub,
+        "ints",
+        {"name": "x", "datatype": "INT64", "shape": [1, 2], "contents": {"int64_contents": [4, -7]}},
+    )
+    assert np.frombuffer(reply.raw_output_contents[0], "<i8").tolist() == [9, -13]
+
+
+def test_bytes_tensors_typed_and_raw(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    reply = infer(
+        stub,
+        "words",
+        {"name": "text", "datatype": "BYTES", "shape": [2], "contents": {"bytes_contents": [b"ab", b"xyz"]}},
+    )
+    upper, length = reply.raw_output_contents
+    assert upper == struct.pack("<I", 2) + b"AB" + struct.pack("<I", 3) + b"XYZ"
+    assert np.frombuffer(length, "<i8").tolist() == [2, 3]
+    raw = struct.pack("<I", 5) + b"hello"
+    reply = infer(stub, "words", {"name": "text", "datatype": "BYTES", "shape": [1]}, raw=[raw])
+    assert reply.raw_output_contents[0] == struct.pack("<I", 5) + b"HELLO"
+
+
+BAD = [
+    (
+        "nope",
+        [{"name": "x", "datatype": "FP32", "shape": [1, 3], "contents": {"fp32_contents": [1, 2, 3]}}],
+        None,
+        grpc.StatusCode.NOT_FOUND,
+        "no model named 'nope'",
+    ),
+    (
+        "affine",
+        [{"name": "x", "datatype": "FP32", "shape": [1, 4], "contents": {"fp32_contents": [1, 2, 3, 4]}}],
+        None,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'x': expected shape [-1, 3] (-1 is any size), got [1, 4]",
+    ),
+    (
+        "affine",
+        [{"name": "x", "datatype": "FP64", "shape": [1, 3], "contents": {"fp64_contents": [1, 2, 3]}}],
+        None,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'x': expected datatype FP32, got FP64",
+    ),
+    (
+        "affine",
+        [{"name": "x", "datatype": "FP32", "shape": [1, 3], "contents": {"fp32_contents": [1, 2]}}],
+        None,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'x': shape [1, 3] needs 3 elements, contents has 2",
+    ),
+    (
+        "affine",
+        [{"name": "x", "datatype": "FP32", "shape": [1, 3], "contents": {"int64_contents": [1, 2, 3]}}],
+        None,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'x': datatype FP32 takes fp32_contents, but int64_contents is set",
+    ),
+    (
+        "affine",
+        [{"name": "x", "datatype": "FLOAT", "shape": [1, 3]}],
+        None,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unknown datatype 'FLOAT'",
+    ),
+    (
+        "half",
+        [{"name": "x", "datatype": "FP16", "shape": [1, 2]}],
+        None,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'x': FP16 has no typed contents field; send it in raw_input_contents",
+    ),
+    (
+        "half",
+        [{"name": "x", "datatype": "FP16", "shape": [1, 2]}],
+        [b"\x00" * 3],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'x': FP16 shape [1, 2] needs 4 bytes of raw data, got 3",
+    ),
+    (
+        "half",
+        [{"name": "x", "datatype": "FP16", "shape": [1, 2]}],
+        [b"\x00" * 4, b"\x00" * 4],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "2 raw_input_contents entries for 1 inputs; send one per input",
+    ),
+    (
+        "ints",
+        [{"name": "x", "datatype": "INT8", "shape": [1, 2], "contents": {"int_contents": [1, 300]}}],
+        None,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "values from 1 to 300 do not fit INT8",
+    ),
+    (
+        "affine",
+        [{"name": "x", "datatype": "FP32", "shape": [1, 3]}],
+        [b"\x00" * (LIMIT + 12)],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"bytes is over the limit of {LIMIT} bytes",
+    ),
+    (
+        "affine",
+        [{"name": "x", "datatype": "FP32", "shape": [1, 3]}],
+        [b"\x00" * (3 * LIMIT)],
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "Received message larger than max",
+    ),
+]
+
+
+@pytest.mark.parametrize(("model", "tensors", "raw", "code", "message"), BAD)
+def test_bad_requests_get_the_right_code_and_say_what_was_wrong(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+    model: str,
+    tensors: list,
+    raw: list | None,
+    code: grpc.StatusCode,
+    message: str,
+) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        infer(stub, model, *[dict(t) for t in tensors], raw=raw)
+    assert err.value.code() == code
+    assert message in err.value.details()
+    # The server keeps serving.
+    assert stub.ModelReady(pb.ModelReadyRequest(name="affine")).ready
+
+
+def test_unknown_model_ready_and_metadata_are_not_found(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    for call, request in (
+        (stub.ModelReady, pb.ModelReadyRequest(name="nope")),
+        (stub.ModelMetadata, pb.ModelMetadataRequest(name="affine", version="9")),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            call(request)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
