@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 from modelbay.codecs import oip_grpc
-from modelbay.errors import InvalidInput
+from modelbay.errors import InvalidInput, ModelNotFound
 from modelbay.grpc.errors import status_of
 from modelbay.grpc.generated import grpc_predict_v2_pb2 as pb
 from modelbay.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -37,12 +37,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(**self.dataplane.server_metadata())
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> Any:
-        async def call() -> Any:
-            return pb.ModelReadyResponse(
-                ready=self.dataplane.model_ready(request.name, request.version or None)
-            )
-
-        return await _guarded(context, call)
+        # An unknown model or version is simply not ready (Triton's answer; its clients expect a bool).
+        try:
+            ready = self.dataplane.model_ready(request.name, request.version or None)
+        except ModelNotFound:
+            ready = False
+        return pb.ModelReadyResponse(ready=ready)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
         async def call() -> Any:

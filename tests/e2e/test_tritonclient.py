@@ -1,0 +1,162 @@
+"""Conformance: Triton's own Python clients (HTTP JSON, HTTP binary, gRPC) against `modelbay serve`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import free_port, modelbay_serve
+
+WORDS_HANDLER = '''
+import numpy as np
+from modelbay import Predictor
+
+
+class Words(Predictor):
+    """BYTES sentences in; each upper-cased (BYTES) and its length (INT64) out."""
+
+    def rows(self, item):
+        return len(item)
+
+    def preprocess(self, example):
+        return np.asarray(example, dtype=object).reshape(-1)
+
+    def predict(self, batch):
+        return [
+            {"upper": np.array([bytes(t).upper() for t in item], dtype=object),
+             "length": np.array([len(t) for t in item], dtype=np.int64)}
+            for item in batch
+        ]
+'''
+WORDS_MANIFEST = """
+inputs: [{name: text, datatype: BYTES, shape: [-1]}]
+outputs: [{name: upper, datatype: BYTES, shape: [-1]}, {name: length, datatype: INT64, shape: [-1]}]
+"""
+
+
+class Scale(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 3
+
+
+def export(path: Path, dtype: torch.dtype) -> None:
+    example = (torch.ones(2, 4, dtype=dtype),)
+    program = torch.export.export(Scale(), example, dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, path)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """`modelbay serve` over a repository with FP32, FP16, INT64 and BYTES models: (http, grpc) addresses."""
+    repository = tmp_path_factory.mktemp("repository")
+    for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("int64", torch.int64)):
+        (repository / name / "1").mkdir(parents=True)
+        export(repository / name / "1" / "model.pt2", dtype)
+    (repository / "words").mkdir()
+    (repository / "words" / "predict.py").write_text(WORDS_HANDLER)
+    (repository / "words" / "modelbay.yaml").write_text(WORDS_MANIFEST)
+    grpc_port = free_port()
+    with modelbay_serve(str(repository), "--grpc-port", str(grpc_port)) as url:
+        yield url.removeprefix("http://"), f"127.0.0.1:{grpc_port}"
+
+
+@pytest.fixture(scope="module")
+def http(servers: tuple[str, str]) -> Iterator[httpclient.InferenceServerClient]:
+    client = httpclient.InferenceServerClient(servers[0])
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def grpc(servers: tuple[str, str]) -> Iterator[grpcclient.InferenceServerClient]:
+    client = grpcclient.InferenceServerClient(servers[1])
+    yield client
+    client.close()
+
+
+def test_health_and_metadata_over_http_and_grpc(http: Any, grpc: Any) -> None:
+    for client in (http, grpc):
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("fp16") and client.is_model_ready("fp16", "1")
+        assert not client.is_model_ready("fp16", "7")
+    assert http.get_server_metadata()["name"] == "modelbay"
+    assert grpc.get_server_metadata(as_json=True)["name"] == "modelbay"
+    expected = {"name": "x", "datatype": "FP16", "shape": ["-1", "4"]}
+    assert grpc.get_model_metadata("fp16", as_json=True)["inputs"] == [expected]
+    assert http.get_model_metadata("fp16")["inputs"] == [{**expected, "shape": [-1, 4]}]
+    assert http.get_model_metadata("words")["outputs"][0] == {"name": "upper", "datatype": "BYTES", "shape": [-1]}
+
+
+CASES = [("fp32", "FP32", np.float32), ("fp16", "FP16", np.float16), ("int64", "INT64", np.int64)]
+
+
+@pytest.mark.parametrize(("model", "datatype", "dtype"), CASES)
+@pytest.mark.parametrize("transport", ["http-json", "http-binary", "grpc"])
+def test_numeric_infer(http: Any, grpc: Any, transport: str, model: str, datatype: str, dtype: type) -> None:
+    x = np.arange(-4, 8, dtype=dtype).reshape(3, 4)
+    module = grpcclient if transport == "grpc" else httpclient
+    client = grpc if transport == "grpc" else http
+    tensor = module.InferInput("x", list(x.shape), datatype)
+    if transport == "grpc":
+        tensor.set_data_from_numpy(x)
+        outputs = [module.InferRequestedOutput("output")]
+    else:
+        binary = transport == "http-binary"
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        outputs = [module.InferRequestedOutput("output", binary_data=binary)]
+    result = client.infer(model, [tensor], outputs=outputs, request_id="42")
+    y = result.as_numpy("output")
+    assert y.dtype == dtype and y.shape == (3, 4)
+    np.testing.assert_array_equal(y, x * 3)
+    response = result.get_response()
+    assert (response.id if transport == "grpc" else response["id"]) == "42"
+
+
+@pytest.mark.parametrize("transport", ["http-json", "http-binary", "grpc"])
+def test_bytes_infer(http: Any, grpc: Any, transport: str) -> None:
+    text = np.array([b"hello", "wörld".encode(), b""], dtype=np.object_)
+    if transport == "grpc":
+        tensor = grpcclient.InferInput("text", [3], "BYTES")
+        tensor.set_data_from_numpy(text)
+        result = grpc.infer("words", [tensor])
+    else:
+        tensor = httpclient.InferInput("text", [3], "BYTES")
+        tensor.set_data_from_numpy(text, binary_data=transport == "http-binary")
+        outputs = [httpclient.InferRequestedOutput(n, binary_data=transport == "http-binary") for n in ("upper", "length")]
+        result = http.infer("words", [tensor], outputs=outputs)
+    upper = [v if isinstance(v, bytes) else v.encode() for v in result.as_numpy("upper")]
+    assert upper == [b"HELLO", "WöRLD".encode(), b""]
+    assert result.as_numpy("length").tolist() == [5, 6, 0]
+
+
+def infer_error(client: Any, module: Any, model: str, shape: list[int], datatype: str, data: np.ndarray) -> str:
+    tensor = module.InferInput("x", shape, datatype)
+    with contextlib.suppress(InferenceServerException):
+        tensor.set_data_from_numpy(data)
+    with pytest.raises(InferenceServerException) as err:
+        client.infer(model, [tensor])
+    return f"{err.value.status()} {err.value.message()}"
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_errors_reach_the_client_with_status_and_message(http: Any, grpc: Any, transport: str) -> None:
+    client, module = (grpc, grpcclient) if transport == "grpc" else (http, httpclient)
+    codes = {"http": ("404", "400"), "grpc": ("StatusCode.NOT_FOUND", "StatusCode.INVALID_ARGUMENT")}[transport]
+    message = infer_error(client, module, "nope", [1, 4], "FP32", np.ones((1, 4), np.float32))
+    assert message.startswith(codes[0]) and "no model named 'nope'" in message
+    message = infer_error(client, module, "fp32", [1, 5], "FP32", np.ones((1, 5), np.float32))
+    assert message.startswith(codes[1]) and "expected shape [-1, 4] (-1 is any size), got [1, 5]" in message
+    message = infer_error(client, module, "fp32", [1, 4], "FP64", np.ones((1, 4), np.float64))
+    assert message.startswith(codes[1]) and "expected datatype FP32, got FP64" in message
+    with pytest.raises(InferenceServerException) as err:
+        client.get_model_metadata("nope")
+    assert "no model named 'nope'" in err.value.message()
