@@ -12,6 +12,7 @@ from modelbay.errors import (
     ModelNotFound,
     ModelNotReady,
     Overloaded,
+    Unavailable,
 )
 from modelbay.predictor import Predictor
 from modelbay.server import Server, serve
@@ -30,5 +31,6 @@ __all__ = [
     "Predictor",
     "Server",
     "Settings",
+    "Unavailable",
     "serve",
 ]

@@ -5,12 +5,14 @@
     │   ├── PayloadTooLarge         a body or image over its size limit             (413)
     │   └── UnsupportedMediaType    a Content-Type the door does not speak          (415)
     ├── ModelNotFound               no model (or model version) by that name        (404 / NOT_FOUND)
-    ├── ModelNotReady               the model exists but cannot take requests now   (503 / UNAVAILABLE)
-    ├── Overloaded                  the model's queue is full; try again later      (503 / UNAVAILABLE)
+    ├── Unavailable                 cannot take the request now; retry later        (503 / UNAVAILABLE)
+    │   ├── ModelNotReady           the model is loading, stopping or failed
+    │   └── Overloaded              the model's queue is full (HTTP adds Retry-After)
     ├── InferenceFailed             the model itself failed on a valid request      (500 / INTERNAL)
     └── ModelLoadError              an artifact cannot be loaded; raised before serving (CLI exit 2)
 
-Each transport keeps one table from these classes to its status codes (`modelbay.http.errors`).
+Each transport keeps one table from these classes to its status codes (`modelbay.http.errors`,
+`modelbay.grpc.errors`); `modelbay.client` raises the same classes back from those codes.
 A model's own failure is always InferenceFailed, a server error: never reported as the client's fault.
 """
 
@@ -47,11 +49,18 @@ class ModelNotFound(ModelbayError):
     """No model is served under that name, or the model has no such version."""
 
 
-class ModelNotReady(ModelbayError):
+class Unavailable(ModelbayError):
+    """The server cannot take the request now; a retry later may succeed.
+
+    Clients raise this base class when the wire does not say which case it is (gRPC UNAVAILABLE).
+    """
+
+
+class ModelNotReady(Unavailable):
     """The model is known but not ready (loading, stopping or failed)."""
 
 
-class Overloaded(ModelbayError):
+class Overloaded(Unavailable):
     """The model's request queue is full (`max_queue_size`); the client should retry later."""
 
 

@@ -93,7 +93,11 @@ def test_health_and_metadata_over_http_and_grpc(http: Any, grpc: Any) -> None:
     expected = {"name": "x", "datatype": "FP16", "shape": ["-1", "4"]}
     assert grpc.get_model_metadata("fp16", as_json=True)["inputs"] == [expected]
     assert http.get_model_metadata("fp16")["inputs"] == [{**expected, "shape": [-1, 4]}]
-    assert http.get_model_metadata("words")["outputs"][0] == {"name": "upper", "datatype": "BYTES", "shape": [-1]}
+    assert http.get_model_metadata("words")["outputs"][0] == {
+        "name": "upper",
+        "datatype": "BYTES",
+        "shape": [-1],
+    }
 
 
 CASES = [("fp32", "FP32", np.float32), ("fp16", "FP16", np.float16), ("int64", "INT64", np.int64)]
@@ -131,14 +135,19 @@ def test_bytes_infer(http: Any, grpc: Any, transport: str) -> None:
     else:
         tensor = httpclient.InferInput("text", [3], "BYTES")
         tensor.set_data_from_numpy(text, binary_data=transport == "http-binary")
-        outputs = [httpclient.InferRequestedOutput(n, binary_data=transport == "http-binary") for n in ("upper", "length")]
+        outputs = [
+            httpclient.InferRequestedOutput(n, binary_data=transport == "http-binary")
+            for n in ("upper", "length")
+        ]
         result = http.infer("words", [tensor], outputs=outputs)
     upper = [v if isinstance(v, bytes) else v.encode() for v in result.as_numpy("upper")]
     assert upper == [b"HELLO", "WöRLD".encode(), b""]
     assert result.as_numpy("length").tolist() == [5, 6, 0]
 
 
-def infer_error(client: Any, module: Any, model: str, shape: list[int], datatype: str, data: np.ndarray) -> str:
+def infer_error(
+    client: Any, module: Any, model: str, shape: list[int], datatype: str, data: np.ndarray
+) -> str:
     tensor = module.InferInput("x", shape, datatype)
     with contextlib.suppress(InferenceServerException):
         tensor.set_data_from_numpy(data)
@@ -150,7 +159,9 @@ def infer_error(client: Any, module: Any, model: str, shape: list[int], datatype
 @pytest.mark.parametrize("transport", ["http", "grpc"])
 def test_errors_reach_the_client_with_status_and_message(http: Any, grpc: Any, transport: str) -> None:
     client, module = (grpc, grpcclient) if transport == "grpc" else (http, httpclient)
-    codes = {"http": ("404", "400"), "grpc": ("StatusCode.NOT_FOUND", "StatusCode.INVALID_ARGUMENT")}[transport]
+    codes = {"http": ("404", "400"), "grpc": ("StatusCode.NOT_FOUND", "StatusCode.INVALID_ARGUMENT")}[
+        transport
+    ]
     message = infer_error(client, module, "nope", [1, 4], "FP32", np.ones((1, 4), np.float32))
     assert message.startswith(codes[0]) and "no model named 'nope'" in message
     message = infer_error(client, module, "fp32", [1, 5], "FP32", np.ones((1, 5), np.float32))

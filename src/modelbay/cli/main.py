@@ -1,4 +1,4 @@
-"""The `modelbay` command: `modelbay serve [PATH ...]` and `modelbay version`."""
+"""The `modelbay` command: `serve [PATH ...]`, `predict MODEL FILE...` and `version`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from modelbay import __version__
-from modelbay.errors import ModelLoadError
+from modelbay.client import Client
+from modelbay.errors import ModelbayError, ModelLoadError
 from modelbay.registry.repository import is_repository, scan_repository
 from modelbay.server import DEFAULT_MODEL, Server
 from modelbay.settings import Settings, environment
@@ -53,8 +56,47 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--max-batch-size", type=int, help="most rows merged into one forward pass")
     model.add_argument("--max-queue-delay-ms", type=float, help="longest wait for a batch to fill, in ms")
     model.add_argument("--max-queue-size", type=int, help="most queued requests before 503")
+    predict = commands.add_parser(
+        "predict",
+        help="send files to a running server's simple door and print the predictions",
+        description="POST each FILE (e.g. an image) to /predict/MODEL and print the answer.",
+    )
+    predict.add_argument("model", metavar="MODEL")
+    predict.add_argument("files", nargs="+", metavar="FILE")
+    predict.add_argument("--url", default="http://127.0.0.1:8000", help="server URL (default %(default)s)")
+    predict.add_argument("--model-version", dest="version", help="model version (default: the highest)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per line: file, predictions")
     commands.add_parser("version", help="print the version")
     return parser
+
+
+def predict(args: argparse.Namespace) -> int:
+    """Print the server's predictions for each file; exit status 1 if any request failed."""
+    status = 0
+    with Client(args.url) as client:
+        for name in args.files:
+            try:
+                predictions = client.predict(args.model, Path(name), version=args.version)
+            except (ModelbayError, OSError, httpx.HTTPError) as exc:
+                print(f"modelbay: {name}: {exc}", file=sys.stderr)
+                status = 1
+                continue
+            if args.json:
+                print(json.dumps({"file": name, "predictions": predictions}))
+            else:
+                print(f"{name}: {_readable(predictions)}")
+    return status
+
+
+def _readable(predictions: Any) -> str:
+    """Top-k answers as "label (score), ..."; anything else as compact JSON."""
+    if (
+        isinstance(predictions, list)
+        and predictions
+        and all(isinstance(p, dict) and {"label", "score"} <= p.keys() for p in predictions)
+    ):
+        return ", ".join(f"{p['label']} ({p['score']:.3f})" for p in predictions)
+    return json.dumps(predictions)
 
 
 def _model_entries(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -118,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(__version__)
         return 0
+    if args.command == "predict":
+        return predict(args)
     return serve(args)
 
 

@@ -11,8 +11,7 @@ from modelbay.errors import (
     ModelbayError,
     ModelLoadError,
     ModelNotFound,
-    ModelNotReady,
-    Overloaded,
+    Unavailable,
     internal_error,
     nearest,
 )
@@ -22,8 +21,7 @@ log = logging.getLogger("modelbay.grpc")
 CODES: dict[type[ModelbayError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    ModelNotReady: grpc.StatusCode.UNAVAILABLE,
-    Overloaded: grpc.StatusCode.UNAVAILABLE,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
     InferenceFailed: grpc.StatusCode.INTERNAL,
     ModelLoadError: grpc.StatusCode.INTERNAL,
 }

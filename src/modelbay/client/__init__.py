@@ -1,0 +1,278 @@
+"""Python clients for modelbay, or any Open Inference Protocol v2 server (Triton, KServe).
+
+    from modelbay.client import Client
+    with Client("http://127.0.0.1:8000") as client:        # or "grpc://127.0.0.1:8001"
+        client.ready()                                       # True
+        client.metadata("digits")                            # OIP model metadata
+        client.infer("digits", np.zeros((1, 1, 8, 8), np.float32))   # {"logits": array [1, 10]}
+        client.predict("digits", Path("7.png"))              # the simple door (HTTP only)
+
+`AsyncClient` has the same methods as coroutines. Tensors travel raw: over HTTP with the binary
+tensor extension (`binary=False` sends JSON), over gRPC as raw contents. Server errors come back
+as the same exceptions the server raised: InvalidInput, ModelNotFound, Unavailable (ModelNotReady,
+Overloaded), InferenceFailed, PayloadTooLarge... (modelbay.errors).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+
+import grpc
+from modelbay.client import _grpc, _rest
+from modelbay.client._tensors import named_arrays
+from modelbay.errors import ModelbayError
+from modelbay.grpc.generated import grpc_predict_v2_pb2 as pb
+from modelbay.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
+
+__all__ = ["AsyncClient", "Client"]
+
+
+def _target(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        return "http", url.rstrip("/")
+    if parts.scheme == "grpc" and parts.netloc:
+        return "grpc", parts.netloc
+    raise ValueError(f"url must be http://host:port or grpc://host:port, got {url!r}")
+
+
+def _metadata_json(message: Any) -> dict[str, Any]:
+    tensors = lambda items: [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]  # noqa: E731
+    return {
+        "name": message.name,
+        "versions": list(message.versions),
+        "platform": message.platform,
+        "inputs": tensors(message.inputs),
+        "outputs": tensors(message.outputs),
+    }
+
+
+class Client:
+    """A blocking client. url: "http://host:port" (REST) or "grpc://host:port".
+
+    timeout_s: per-call timeout in seconds. binary: send and receive tensors raw over HTTP.
+    Methods raise the modelbay exception of the server's answer (see the module docstring).
+    """
+
+    def __init__(
+        self, url: str = "http://127.0.0.1:8000", *, timeout_s: float = 60.0, binary: bool = True
+    ) -> None:
+        self.transport, address = _target(url)
+        self.binary = binary
+        self.timeout_s = timeout_s
+        self._first_inputs: dict[tuple[str, str | None], str] = {}
+        if self.transport == "http":
+            self._http = httpx.Client(base_url=address, timeout=timeout_s)
+        else:
+            self._channel = grpc.insecure_channel(address, options=_grpc.CHANNEL_OPTIONS)
+            self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool or channel."""
+        if self.transport == "http":
+            self._http.close()
+        else:
+            self._channel.close()
+
+    def _truth(self, path: str) -> bool:
+        """OIP health over HTTP: 200 is true, anything else false."""
+        return self._http.get(path).status_code == 200
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise _grpc.error_from(exc) from None
+
+    def live(self) -> bool:
+        """OIP server live."""
+        if self.transport == "http":
+            return self._truth("/v2/health/live")
+        return bool(self._call(self._stub.ServerLive, pb.ServerLiveRequest()).live)
+
+    def ready(self, model: str | None = None, version: str | None = None) -> bool:
+        """OIP server ready, or model ready when `model` is given (False for an unknown model)."""
+        if self.transport == "http":
+            return self._truth(_rest.model_path(model, version) + "/ready" if model else "/v2/health/ready")
+        if model is None:
+            return bool(self._call(self._stub.ServerReady, pb.ServerReadyRequest()).ready)
+        return bool(
+            self._call(self._stub.ModelReady, pb.ModelReadyRequest(name=model, version=version or "")).ready
+        )
+
+    def metadata(self, model: str | None = None, version: str | None = None) -> dict[str, Any]:
+        """OIP server metadata, or model metadata (name, versions, platform, inputs, outputs).
+
+        Raises ModelNotFound for an unknown model or version.
+        """
+        if self.transport == "http":
+            response = self._http.get(_rest.model_path(model, version) if model else "/v2")
+            _rest.raise_for_status(response.status_code, response.headers, response.content)
+            metadata: dict[str, Any] = response.json()
+            return metadata
+        if model is None:
+            reply = self._call(self._stub.ServerMetadata, pb.ServerMetadataRequest())
+            return {"name": reply.name, "version": reply.version, "extensions": list(reply.extensions)}
+        reply = self._call(
+            self._stub.ModelMetadata, pb.ModelMetadataRequest(name=model, version=version or "")
+        )
+        return _metadata_json(reply)
+
+    def infer(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        outputs: list[str] | None = None,
+        version: str | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run one OIP inference; returns {output name: numpy array}.
+
+        inputs: {input name: array-like}, or one array-like for the model's first input (its name
+                is read from the model metadata once). Arrays keep their dtype (float32 -> FP32,
+                int64 -> INT64, ...); strings and bytes become BYTES.
+        outputs: names of the outputs wanted; None for all.
+        Raises InvalidInput, ModelNotFound, Unavailable, InferenceFailed as the server says.
+        """
+        arrays = named_arrays(inputs, lambda: self._first_input(model, version))
+        if self.transport == "grpc":
+            message = _grpc.infer_message(model, version, arrays, outputs, request_id)
+            return _grpc.parse_message(self._call(self._stub.ModelInfer, message))
+        body, headers = _rest.infer_body(arrays, outputs, self.binary, request_id)
+        response = self._http.post(_rest.model_path(model, version) + "/infer", content=body, headers=headers)
+        _rest.raise_for_status(response.status_code, response.headers, response.content)
+        return _rest.parse_infer(response.headers, response.content)
+
+    def predict(self, model: str, data: Any, *, version: str | None = None) -> Any:
+        """The simple door, `POST /predict/{model}`: returns the model's predictions (JSON values).
+
+        data: bytes or a Path (a file, e.g. an image, sent as the raw body), a str (text), or an
+              array-like (one example, as nested lists).
+        Raises ModelbayError over gRPC, which has no simple door: use `infer` there.
+        """
+        if self.transport != "http":
+            raise ModelbayError("predict uses the HTTP simple door; over gRPC, call infer")
+        path = f"/predict/{model}" + (f"/versions/{version}" if version else "")
+        response = self._http.post(path, **_rest.predict_request(data))
+        _rest.raise_for_status(response.status_code, response.headers, response.content)
+        return response.json()["predictions"]
+
+    def _first_input(self, model: str, version: str | None) -> str:
+        key = (model, version)
+        if key not in self._first_inputs:
+            inputs = self.metadata(model, version)["inputs"]
+            if not inputs:
+                raise ModelbayError(f"model {model!r} declares no inputs; pass a dict of named inputs")
+            self._first_inputs[key] = inputs[0]["name"]
+        return self._first_inputs[key]
+
+
+class AsyncClient:
+    """The asyncio twin of Client (httpx.AsyncClient, grpc.aio); same arguments, awaitable methods."""
+
+    def __init__(
+        self, url: str = "http://127.0.0.1:8000", *, timeout_s: float = 60.0, binary: bool = True
+    ) -> None:
+        self.transport, address = _target(url)
+        self.binary = binary
+        self.timeout_s = timeout_s
+        self._first_inputs: dict[tuple[str, str | None], str] = {}
+        if self.transport == "http":
+            self._http = httpx.AsyncClient(base_url=address, timeout=timeout_s)
+        else:
+            self._channel = grpc.aio.insecure_channel(address, options=_grpc.CHANNEL_OPTIONS)
+            self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection pool or channel."""
+        if self.transport == "http":
+            await self._http.aclose()
+        else:
+            await self._channel.close()
+
+    async def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return await method(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise _grpc.error_from(exc) from None
+
+    async def live(self) -> bool:
+        """OIP server live."""
+        if self.transport == "http":
+            return (await self._http.get("/v2/health/live")).status_code == 200
+        return bool((await self._call(self._stub.ServerLive, pb.ServerLiveRequest())).live)
+
+    async def ready(self, model: str | None = None, version: str | None = None) -> bool:
+        """OIP server ready, or model ready when `model` is given (False for an unknown model)."""
+        if self.transport == "http":
+            path = _rest.model_path(model, version) + "/ready" if model else "/v2/health/ready"
+            return (await self._http.get(path)).status_code == 200
+        if model is None:
+            return bool((await self._call(self._stub.ServerReady, pb.ServerReadyRequest())).ready)
+        request = pb.ModelReadyRequest(name=model, version=version or "")
+        return bool((await self._call(self._stub.ModelReady, request)).ready)
+
+    async def metadata(self, model: str | None = None, version: str | None = None) -> dict[str, Any]:
+        """OIP server or model metadata. Raises ModelNotFound for an unknown model or version."""
+        if self.transport == "http":
+            response = await self._http.get(_rest.model_path(model, version) if model else "/v2")
+            _rest.raise_for_status(response.status_code, response.headers, response.content)
+            metadata: dict[str, Any] = response.json()
+            return metadata
+        if model is None:
+            reply = await self._call(self._stub.ServerMetadata, pb.ServerMetadataRequest())
+            return {"name": reply.name, "version": reply.version, "extensions": list(reply.extensions)}
+        reply = await self._call(
+            self._stub.ModelMetadata, pb.ModelMetadataRequest(name=model, version=version or "")
+        )
+        return _metadata_json(reply)
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        outputs: list[str] | None = None,
+        version: str | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run one OIP inference (see Client.infer)."""
+        key = (model, version)
+        if not isinstance(inputs, dict) and key not in self._first_inputs:
+            self._first_inputs[key] = (await self.metadata(model, version))["inputs"][0]["name"]
+        arrays = named_arrays(inputs, lambda: self._first_inputs[key])
+        if self.transport == "grpc":
+            message = _grpc.infer_message(model, version, arrays, outputs, request_id)
+            return _grpc.parse_message(await self._call(self._stub.ModelInfer, message))
+        body, headers = _rest.infer_body(arrays, outputs, self.binary, request_id)
+        response = await self._http.post(
+            _rest.model_path(model, version) + "/infer", content=body, headers=headers
+        )
+        _rest.raise_for_status(response.status_code, response.headers, response.content)
+        return _rest.parse_infer(response.headers, response.content)
+
+    async def predict(self, model: str, data: Any, *, version: str | None = None) -> Any:
+        """The simple door (see Client.predict)."""
+        if self.transport != "http":
+            raise ModelbayError("predict uses the HTTP simple door; over gRPC, call infer")
+        path = f"/predict/{model}" + (f"/versions/{version}" if version else "")
+        response = await self._http.post(path, **_rest.predict_request(data))
+        _rest.raise_for_status(response.status_code, response.headers, response.content)
+        return response.json()["predictions"]

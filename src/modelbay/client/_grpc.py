@@ -1,0 +1,67 @@
+"""The gRPC wire for clients: OIP ModelInfer messages (raw contents) and status code -> exception."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import grpc
+from modelbay.codecs.oip_grpc import array_from_contents
+from modelbay.codecs.raw import array_from_raw, raw_from_array
+from modelbay.errors import (
+    InferenceFailed,
+    InvalidInput,
+    ModelbayError,
+    ModelNotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
+from modelbay.grpc.generated import grpc_predict_v2_pb2 as pb
+from modelbay.types import datatype_of
+
+ERRORS: dict[grpc.StatusCode, type[ModelbayError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
+    grpc.StatusCode.NOT_FOUND: ModelNotFound,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.INTERNAL: InferenceFailed,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: PayloadTooLarge,
+}
+CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+
+
+def infer_message(
+    model: str,
+    version: str | None,
+    inputs: dict[str, np.ndarray],
+    outputs: list[str] | None,
+    request_id: str | None,
+) -> pb.ModelInferRequest:
+    """A ModelInferRequest carrying every input as raw_input_contents."""
+    message = pb.ModelInferRequest(model_name=model, model_version=version or "", id=request_id or "")
+    for name, array in inputs.items():
+        message.inputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
+        message.raw_input_contents.append(raw_from_array(array))
+    for name in outputs or ():
+        message.outputs.add(name=name)
+    return message
+
+
+def parse_message(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    """A ModelInferResponse (raw or typed contents) -> {output name: numpy array}."""
+    outputs = {}
+    for index, tensor in enumerate(response.outputs):
+        shape = list(tensor.shape)
+        if response.raw_output_contents:
+            raw = response.raw_output_contents[index]
+            outputs[tensor.name] = array_from_raw(raw, tensor.datatype, shape, tensor.name).copy()
+        else:
+            outputs[tensor.name] = array_from_contents(tensor.contents, tensor.datatype, shape, tensor.name)
+    return outputs
+
+
+def error_from(exc: grpc.RpcError) -> ModelbayError:
+    """The modelbay exception a gRPC error stands for, with the server's details."""
+    # grpc.Call (blocking stubs) and grpc.aio.AioRpcError both carry code() and details().
+    code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+    cls = ERRORS.get(code)
+    return cls(details or code.name) if cls is not None else ModelbayError(f"{code.name}: {details}")

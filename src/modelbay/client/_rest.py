@@ -1,0 +1,129 @@
+"""The HTTP wire for clients: OIP REST bodies (binary extension by default) and status -> exception."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelbay.codecs.oip_json import array_from_json
+from modelbay.codecs.raw import array_from_raw, raw_from_array
+from modelbay.errors import (
+    InferenceFailed,
+    InvalidInput,
+    ModelbayError,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from modelbay.types import datatype_of
+
+HEADER = "Inference-Header-Content-Length"
+# HTTP status -> the exception the server raised (503 is split by Retry-After, which only Overloaded sets).
+ERRORS: dict[int, type[ModelbayError]] = {
+    400: InvalidInput,
+    404: ModelNotFound,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    500: InferenceFailed,
+    503: ModelNotReady,
+}
+
+
+def model_path(model: str, version: str | None) -> str:
+    """`/v2/models/{model}[/versions/{version}]`."""
+    return f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
+
+
+def infer_body(
+    inputs: dict[str, np.ndarray], outputs: list[str] | None, binary: bool, request_id: str | None
+) -> tuple[bytes, dict[str, str]]:
+    """An OIP inference request body and its headers; tensors raw after the JSON header when `binary`."""
+    header: dict[str, Any] = {"inputs": [], "parameters": {"binary_data_output": binary}}
+    blobs = []
+    for name, array in inputs.items():
+        entry: dict[str, Any] = {
+            "name": name,
+            "shape": list(array.shape),
+            "datatype": datatype_of(array.dtype),
+        }
+        if binary:
+            raw = raw_from_array(array)
+            blobs.append(raw)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+        else:
+            entry["data"] = _json_data(name, array)
+        header["inputs"].append(entry)
+    if outputs is not None:
+        header["outputs"] = [{"name": name} for name in outputs]
+    if request_id is not None:
+        header["id"] = request_id
+    text = json.dumps(header).encode()
+    if not binary:
+        return text, {"content-type": "application/json"}
+    return text + b"".join(blobs), {HEADER: str(len(text)), "content-type": "application/octet-stream"}
+
+
+def _json_data(name: str, array: np.ndarray) -> list[Any]:
+    if array.dtype != object:
+        return array.reshape(-1).tolist()  # type: ignore[no-any-return]
+    try:
+        return [bytes(value).decode() for value in array.reshape(-1)]
+    except UnicodeDecodeError:
+        raise InvalidInput(
+            f"input {name!r}: BYTES that are not UTF-8 text cannot travel as JSON; use binary=True"
+        ) from None
+
+
+def parse_infer(headers: Any, content: bytes) -> dict[str, np.ndarray]:
+    """An OIP inference response (JSON or binary extension) -> {output name: numpy array}."""
+    length = headers.get(HEADER)
+    size = int(length) if length is not None else len(content)
+    body = json.loads(content[:size])
+    binary = memoryview(content)[size:]
+    offset = 0
+    outputs = {}
+    for output in body["outputs"]:
+        nbytes = (output.get("parameters") or {}).get("binary_data_size")
+        if nbytes is None:
+            outputs[output["name"]] = array_from_json(
+                output["data"], output["datatype"], output["shape"], output["name"]
+            )
+        else:
+            raw = binary[offset : offset + nbytes]
+            offset += nbytes
+            outputs[output["name"]] = array_from_raw(
+                raw, output["datatype"], output["shape"], output["name"]
+            ).copy()
+    return outputs
+
+
+def predict_request(data: Any) -> dict[str, Any]:
+    """httpx keyword arguments for `POST /predict/{model}` with `data`.
+
+    bytes or a Path (a file's contents): the raw body, e.g. an image. A str: {"input": text}.
+    Anything else (array, list, number): {"input": data as nested lists}.
+    """
+    if isinstance(data, Path):
+        data = data.read_bytes()
+    if isinstance(data, bytes | bytearray):
+        return {"content": bytes(data), "headers": {"content-type": "application/octet-stream"}}
+    value = data.tolist() if isinstance(data, np.ndarray) else data
+    return {"content": json.dumps({"input": value}).encode(), "headers": {"content-type": "application/json"}}
+
+
+def raise_for_status(status: int, headers: Any, content: bytes) -> None:
+    """Raise the modelbay exception a non-2xx response stands for, with the server's message."""
+    if status < 400:
+        return
+    try:
+        message = str(json.loads(content)["error"])
+    except (ValueError, KeyError, TypeError):
+        message = content.decode(errors="replace") or f"HTTP {status}"
+    if status == 503 and "retry-after" in headers:
+        raise Overloaded(message)
+    raise ERRORS.get(status, ModelbayError)(message)
