@@ -70,7 +70,8 @@ def infer_body(
 
 def _json_data(name: str, array: np.ndarray) -> list[Any]:
     if array.dtype != object:
-        return array.reshape(-1).tolist()  # type: ignore[no-any-return]
+        values: list[Any] = array.reshape(-1).tolist()
+        return values
     try:
         return [bytes(value).decode() for value in array.reshape(-1)]
     except UnicodeDecodeError:
