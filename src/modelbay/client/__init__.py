@@ -18,10 +18,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+import grpc
 import httpx
 import numpy as np
 
-import grpc
 from modelbay.client import _grpc, _rest
 from modelbay.client._tensors import named_arrays
 from modelbay.errors import ModelbayError

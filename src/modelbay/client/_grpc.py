@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 
-import grpc
 from modelbay.codecs.oip_grpc import array_from_contents
 from modelbay.codecs.raw import array_from_raw, raw_from_array
 from modelbay.errors import (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import grpc
+
 from modelbay.errors import (
     InferenceFailed,
     InvalidInput,

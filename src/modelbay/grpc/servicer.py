@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+
 from modelbay.codecs import oip_grpc
 from modelbay.errors import InvalidInput, ModelNotFound
 from modelbay.grpc.errors import status_of
