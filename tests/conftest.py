@@ -97,7 +97,7 @@ async def asgi_client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
         server.settings = msgspec.structs.replace(server.settings, grpc_port=0)
     server.load()
     app = server.app()
-    async with app.router.lifespan_context(app):
+    async with app.starlette.router.lifespan_context(app.starlette):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://modelbay.test") as client:
             yield client

@@ -91,8 +91,8 @@ class TensorSpec:
         """
         if self.shape is None:
             return
-        got = _BY_NUMPY.get(array.dtype, str(array.dtype))
-        if got != self.datatype:
+        if array.dtype != DATATYPES[self.datatype]:
+            got = _BY_NUMPY.get(array.dtype) or str(array.dtype)
             raise InvalidInput(f"input {self.name!r}: expected datatype {self.datatype}, got {got}")
         if array.ndim != len(self.shape) or any(
             want not in (-1, have) for want, have in zip(self.shape, array.shape, strict=True)

@@ -20,11 +20,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from modelbay.codecs import oip_json
-from modelbay.errors import InvalidInput
-from modelbay.http.body import predict_examples, read_body
+from modelbay.codecs.oip_json import encode_json
 from modelbay.http.errors import error_response, json_response
+from modelbay.http.inference import InferenceRoutes, match
 from modelbay.http.openapi import docs_page, openapi_document
 from modelbay.runtime.dataplane import Dataplane
 
@@ -36,25 +36,12 @@ def _truth(value: bool) -> Response:
     return Response(status_code=200 if value else 400)
 
 
-BINARY_HEADER = "Inference-Header-Content-Length"
-
-
-def _header_length(request: Request) -> int | None:
-    """The OIP binary extension's JSON header length, or None for a plain JSON body."""
-    value = request.headers.get(BINARY_HEADER)
-    if value is None:
-        return None
-    if not value.isdigit():
-        raise InvalidInput(f"{BINARY_HEADER} must be a byte count, got {value!r}")
-    return int(value)
-
-
 Lifespan = Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]
 
 
 def create_app(
     dataplane: Dataplane, max_body_bytes: int = 16 * 1024 * 1024, lifespan: Lifespan | None = None
-) -> Starlette:
+) -> ModelbayApp:
     """The ASGI app over `dataplane`.
 
     max_body_bytes: largest request body accepted; larger ones get 413.
@@ -74,14 +61,6 @@ def create_app(
     def model_ref(request: Request) -> tuple[str, str | None]:
         return request.path_params["model"], request.path_params.get("version")
 
-    async def predict(request: Request) -> Response:
-        name, version = model_ref(request)
-        body = await read_body(request, max_body_bytes)
-        examples, single = await predict_examples(request, body)
-        result = await dataplane.predict(name, version, examples)
-        predictions = result.predictions[0] if single else result.predictions
-        return json_response({"model": result.model, "version": result.version, "predictions": predictions})
-
     async def server_metadata(request: Request) -> Response:
         return json_response(dataplane.server_metadata())
 
@@ -96,19 +75,6 @@ def create_app(
 
     async def model_ready(request: Request) -> Response:
         return _truth(dataplane.model_ready(*model_ref(request)))
-
-    async def infer(request: Request) -> Response:
-        name, version = model_ref(request)
-        header_length = _header_length(request)
-        body = await read_body(request, max_body_bytes)
-        inference, binary = oip_json.decode_request(body, name, version, header_length)
-        response = await dataplane.infer(inference)
-        content, json_length = oip_json.encode_response(response, binary)
-        if json_length is None:
-            return Response(content, media_type="application/json")
-        return Response(
-            content, media_type="application/octet-stream", headers={BINARY_HEADER: str(json_length)}
-        )
 
     document = openapi_document()
 
@@ -134,14 +100,47 @@ def create_app(
     routes = [Route("/", root), Route("/openapi.json", openapi), Route("/docs", docs)]
     for ref in (model, versioned):
         routes += [
-            Route(f"/predict{ref}", endpoint(predict), methods=["POST"]),
             Route(f"/v2/models{ref}", endpoint(model_metadata)),
             Route(f"/v2/models{ref}/ready", endpoint(model_ready)),
-            Route(f"/v2/models{ref}/infer", endpoint(infer), methods=["POST"]),
         ]
     routes += [
         Route("/v2", endpoint(server_metadata)),
         Route("/v2/health/live", endpoint(live)),
         Route("/v2/health/ready", endpoint(ready)),
     ]
-    return Starlette(routes=routes, lifespan=lifespan or dataplane_only)
+    starlette = Starlette(routes=routes, lifespan=lifespan or dataplane_only)
+    return ModelbayApp(starlette, InferenceRoutes(dataplane, max_body_bytes))
+
+
+class ModelbayApp:
+    """The ASGI app: the two hot POST routes (http/inference.py) served directly, all else by Starlette.
+
+    `starlette` also runs the lifespan (batchers, gRPC) and the docs.
+    """
+
+    def __init__(self, starlette: Starlette, inference: InferenceRoutes) -> None:
+        self.starlette = starlette
+        self.inference = inference
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            route = match(scope["path"])
+            if route is not None:
+                if scope["method"] == "POST":
+                    await self.inference(scope, receive, send, route)
+                else:
+                    await _method_not_allowed(scope["method"], send)
+                return
+        await self.starlette(scope, receive, send)
+
+
+async def _method_not_allowed(method: str, send: Send) -> None:
+    body = encode_json({"error": f"method {method} is not allowed here; use POST"})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 405,
+            "headers": [(b"content-type", b"application/json"), (b"allow", b"POST")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

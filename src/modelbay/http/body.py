@@ -6,9 +6,10 @@ import zlib
 from typing import Any
 
 import msgspec
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope
 
 from modelbay.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
@@ -17,23 +18,36 @@ _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # gzip header
 MAX_FILES = 64
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with PayloadTooLarge as soon as it passes `limit` bytes.
+def header_dict(scope: Scope) -> dict[str, str]:
+    """An ASGI scope's headers as {lower-case name: value} (a repeated header keeps its last value)."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+
+
+async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
+    """The whole body of an ASGI request, refused with PayloadTooLarge once it passes `limit` bytes.
 
     A Content-Length over the limit is refused before reading; a chunked body is counted as it
-    streams, so an endless body cannot exhaust memory.
+    streams, so an endless body cannot exhaust memory. A gzip/deflate body is inflated (see
+    `decompress`). Raises ClientDisconnect if the client goes away mid-body.
     """
-    declared = request.headers.get("content-length")
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
     chunks = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
         chunks.append(chunk)
-    return decompress(b"".join(chunks), request.headers.get("content-encoding"), limit)
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return decompress(body, headers.get("content-encoding"), limit)
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -68,7 +82,7 @@ def decode_json(body: bytes) -> Any:
         raise InvalidInput("request body is JSON nested too deeply") from None
 
 
-async def predict_examples(request: Request, body: bytes) -> tuple[list[Any], bool]:
+async def predict_examples(scope: Scope, headers: dict[str, str], body: bytes) -> tuple[list[Any], bool]:
     """The examples of a `POST /predict/{model}` body, and whether it asked for a single one.
 
     - `multipart/form-data`: each uploaded file is one example (bytes); one file -> single.
@@ -79,9 +93,9 @@ async def predict_examples(request: Request, body: bytes) -> tuple[list[Any], bo
     Raises InvalidInput for an empty body or JSON of another shape, UnsupportedMediaType for a
     multipart body without files.
     """
-    content_type = request.headers.get("content-type", "")
+    content_type = headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        files = await _uploaded_files(request, body)
+        files = await _uploaded_files(Headers(scope=scope), body)
         return files, len(files) == 1
     if not body:
         raise InvalidInput('request body is empty; send an image, or JSON {"input": ...}')
@@ -96,11 +110,11 @@ async def predict_examples(request: Request, body: bytes) -> tuple[list[Any], bo
     return [body], True
 
 
-async def _uploaded_files(request: Request, body: bytes) -> list[Any]:
+async def _uploaded_files(headers: Headers, body: bytes) -> list[Any]:
     async def replay() -> Any:
         yield body
 
-    parser = MultiPartParser(request.headers, replay(), max_files=MAX_FILES, max_fields=MAX_FILES)
+    parser = MultiPartParser(headers, replay(), max_files=MAX_FILES, max_fields=MAX_FILES)
     try:
         form = await parser.parse()
     except MultiPartException as exc:

@@ -49,8 +49,16 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
     return Response(encode_json(body), status, headers=headers, media_type="application/json")
 
 
-def error_response(exc: Exception) -> Response:
-    """The OIP error response for any exception; an unexpected one is logged with an error id."""
+def error_body(exc: Exception) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, raw headers and OIP error body for any exception; an unexpected one is logged."""
     error = exc if isinstance(exc, ModelbayError) else internal_error(exc, log)
-    headers = {"Retry-After": "1"} if isinstance(error, Overloaded) else None
-    return json_response({"error": error.message}, status_of(error), headers)
+    headers = [(b"content-type", b"application/json")]
+    if isinstance(error, Overloaded):
+        headers.append((b"retry-after", b"1"))
+    return status_of(error), headers, encode_json({"error": error.message})
+
+
+def error_response(exc: Exception) -> Response:
+    """error_body as a Starlette Response."""
+    status, headers, body = error_body(exc)
+    return Response(body, status, headers={k.decode(): v.decode() for k, v in headers})

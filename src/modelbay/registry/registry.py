@@ -45,6 +45,7 @@ class ModelRegistry:
 
     def __init__(self) -> None:
         self._models: dict[str, dict[str, ServedModel]] = {}
+        self._default: dict[str, ServedModel] = {}  # highest version per name, kept on add
 
     def add(self, model: ServedModel) -> None:
         """Register `model`. Raises ValueError if that name and version are already served."""
@@ -52,17 +53,23 @@ class ModelRegistry:
         if model.version in versions:
             raise ValueError(f"model {model.name!r} version {model.version!r} is already served")
         versions[model.version] = model
+        self._default[model.name] = versions[max(versions, key=_version_key)]
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
         """The model `name` at `version` (default: its highest version).
 
         Raises ModelNotFound naming the models (or versions) that are served.
         """
+        if version is None:
+            default = self._default.get(name)
+            if default is None:
+                raise ModelNotFound(
+                    f"no model named {name!r}; served models: {sorted(self._models) or 'none'}"
+                )
+            return default
         versions = self._models.get(name)
         if versions is None:
             raise ModelNotFound(f"no model named {name!r}; served models: {sorted(self._models) or 'none'}")
-        if version is None:
-            return versions[max(versions, key=_version_key)]
         try:
             return versions[version]
         except KeyError:

@@ -106,7 +106,10 @@ class Dataplane:
         model = self._ready_model(name, version)
         predictor = model.predictor
         items = [await _call(model, predictor, predictor.preprocess, example) for example in examples]
-        outputs = await asyncio.gather(*(model.batcher.submit(item) for item in items))
+        if len(items) == 1:  # the common case: no gather, no extra Task per request
+            outputs = [await model.batcher.submit(items[0])]
+        else:
+            outputs = await asyncio.gather(*(model.batcher.submit(item) for item in items))
         predictions = [await _call(model, predictor, predictor.postprocess, output) for output in outputs]
         return PredictResult(model.name, model.version, predictions)
 

@@ -37,7 +37,8 @@ class TensorPredictor(Predictor):
         self.platform = runner.platform
         self.inputs = list(inputs or runner.inputs)
         self.outputs = list(outputs or runner.outputs)
-        self._names = {spec.name for spec in self.inputs}
+        self._specs = {spec.name: spec for spec in self.inputs}
+        self._names = set(self._specs)
 
     def setup(self, model_dir: Path | None) -> None:
         """Run one zero-filled example through the model (batch 1), when every input shape is known.
@@ -102,13 +103,16 @@ class TensorPredictor(Predictor):
                 f"not a raw body of {len(example)} bytes"
             )
         values = example if isinstance(example, dict) and len(self.inputs) != 1 else None
-        if values is None:
-            values = {self.inputs[0].name: example}
-        specs = {spec.name: spec for spec in self.inputs}
+        if values is None:  # one input: no dict, no name matching (the hot path of simple models)
+            spec = self.inputs[0]
+            datatype = spec.datatype if spec.shape is not None else _guess(example)
+            array = array_from_json(example, datatype, None, spec.name)[None]
+            spec.check(array)
+            return [array]
         arrays = {}
         for name, value in values.items():
-            spec = specs.get(name)
-            datatype = spec.datatype if spec is not None and spec.shape is not None else _guess(value)
+            known = self._specs.get(name)
+            datatype = known.datatype if known is not None and known.shape is not None else _guess(value)
             arrays[name] = array_from_json(value, datatype, None, name)[None]
         return self.decode_tensors(arrays)
 

@@ -1,0 +1,115 @@
+"""The two hot routes, on raw ASGI: `POST /predict/{model}[/versions/{v}]` and OIP `.../infer`.
+
+Everything else goes through Starlette (http/app.py). These two carry every prediction, so they
+skip the framework's per-request objects: the path is split once, headers are read into one
+dict, the body is read straight from `receive`, and the answer is sent as two ASGI messages.
+(The profile that led here is in benchmarks/README.md.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
+
+from modelbay.codecs import oip_json
+from modelbay.codecs.oip_json import encode_json
+from modelbay.errors import InvalidInput
+from modelbay.http.body import header_dict, predict_examples, read_body
+from modelbay.http.errors import error_body
+from modelbay.runtime.dataplane import Dataplane
+
+BINARY_HEADER = "inference-header-content-length"
+_JSON = [(b"content-type", b"application/json")]
+Handler = Callable[[Scope, Receive, Send, str, str | None], Awaitable[None]]
+
+
+def match(path: str) -> tuple[str, str, str | None] | None:
+    """("predict" | "infer", model, version) for a hot route's path, else None.
+
+    Paths: /predict/M, /predict/M/versions/V, /v2/models/M/infer, /v2/models/M/versions/V/infer.
+    """
+    parts = path.split("/")
+    count = len(parts)
+    if count >= 3 and parts[1] == "predict":
+        if count == 3 and parts[2]:
+            return "predict", parts[2], None
+        if count == 5 and parts[3] == "versions" and parts[2] and parts[4]:
+            return "predict", parts[2], parts[4]
+        return None
+    if count >= 5 and parts[1] == "v2" and parts[2] == "models" and parts[-1] == "infer":
+        if count == 5 and parts[3]:
+            return "infer", parts[3], None
+        if count == 7 and parts[4] == "versions" and parts[3] and parts[5]:
+            return "infer", parts[3], parts[5]
+    return None
+
+
+class InferenceRoutes:
+    """Serves the hot routes of `dataplane`; errors become OIP error bodies (http/errors.py)."""
+
+    def __init__(self, dataplane: Dataplane, max_body_bytes: int) -> None:
+        self.dataplane = dataplane
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, route: tuple[str, str, str | None]
+    ) -> None:
+        kind, model, version = route
+        headers = header_dict(scope)
+        try:
+            if kind == "predict":
+                status, extra, body = 200, _JSON, await self._predict(scope, receive, headers, model, version)
+            else:
+                status, extra, body = await self._infer(receive, headers, model, version)
+        except ClientDisconnect:
+            return
+        except Exception as exc:
+            status, extra, body = error_body(exc)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*extra, (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _predict(
+        self, scope: Scope, receive: Receive, headers: dict[str, str], model: str, version: str | None
+    ) -> bytes:
+        body = await read_body(receive, headers, self.max_body_bytes)
+        examples, single = await predict_examples(scope, headers, body)
+        result = await self.dataplane.predict(model, version, examples)
+        predictions = result.predictions[0] if single else result.predictions
+        return encode_json({"model": result.model, "version": result.version, "predictions": predictions})
+
+    async def _infer(
+        self, receive: Receive, headers: dict[str, str], model: str, version: str | None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        header_length = _header_length(headers)
+        body = await read_body(receive, headers, self.max_body_bytes)
+        request, binary = oip_json.decode_request(body, model, version, header_length)
+        response = await self.dataplane.infer(request)
+        content, json_length = oip_json.encode_response(response, binary)
+        if json_length is None:
+            return 200, _JSON, content
+        return (
+            200,
+            [
+                (b"content-type", b"application/octet-stream"),
+                (BINARY_HEADER.encode(), str(json_length).encode()),
+            ],
+            content,
+        )
+
+
+def _header_length(headers: dict[str, str]) -> int | None:
+    """The OIP binary extension's JSON header length, or None for a plain JSON body."""
+    value = headers.get(BINARY_HEADER)
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise InvalidInput(f"Inference-Header-Content-Length must be a byte count, got {value!r}")
+    return int(value)
