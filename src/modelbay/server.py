@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ from modelbay.loading.runner import TorchRunner, example_inputs, signature_input
 from modelbay.predictor import Predictor
 from modelbay.registry.registry import ModelRegistry, ServedModel
 from modelbay.runtime.dataplane import Dataplane
-from modelbay.settings import BatchingConfig, ModelConfig, Settings
+from modelbay.settings import BatchingConfig, CacheConfig, ModelConfig, Settings
 from modelbay.tasks.tensor import TensorPredictor
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -46,7 +47,7 @@ class Server:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.registry = ModelRegistry()
-        self._pending: list[tuple[LoadedModel, BatchingConfig]] = []
+        self._pending: list[LoadedModel] = []
         self._uvicorn: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -58,6 +59,7 @@ class Server:
         example: torch.Tensor | Sequence[torch.Tensor] | None = None,
         version: str = "1",
         batching: BatchingConfig | None = None,
+        cache: CacheConfig | None = None,
     ) -> None:
         """Serve an in-memory model under `name`.
 
@@ -65,6 +67,7 @@ class Server:
         example: an example batch (tensor, or tuple of tensors for several inputs) giving input
                  dtypes and shapes; the batch dimension becomes dynamic. Without it, inputs are
                  named after `forward`'s parameters and not shape-checked.
+        batching, cache: as in modelbay.yaml (defaults: BatchingConfig(), no cache).
         """
         if isinstance(model, torch.nn.Module):
             model.eval()
@@ -73,17 +76,16 @@ class Server:
             predictor: Predictor = TensorPredictor(TorchRunner(model, "pytorch_eager", inputs))
         else:
             predictor = model
-        config = ModelConfig(name=name, version=version)
-        self._pending.append((LoadedModel(config, predictor), batching or BatchingConfig()))
+        config = ModelConfig(name=name, version=version, batching=batching or BatchingConfig(), cache=cache)
+        self._pending.append(LoadedModel(config, predictor))
 
     def load(self) -> None:
         """Build and set up every model not loaded yet. Raises ModelLoadError naming the model."""
         for entry in self.settings.models:
-            loaded = load_model(msgspec.to_builtins(entry))
-            self._pending.append((loaded, loaded.config.batching))
+            self._pending.append(load_model(msgspec.to_builtins(entry)))
         self.settings = msgspec.structs.replace(self.settings, models=[])
         pending, self._pending = self._pending, []
-        for loaded, batching in pending:
+        for loaded in pending:
             try:
                 loaded.predictor.setup(loaded.model_dir)
             except ModelLoadError as exc:
@@ -92,8 +94,9 @@ class Server:
                 raise ModelLoadError(
                     f"model {loaded.name!r}: setup failed: {type(exc).__name__}: {exc}"
                 ) from exc
+            config = loaded.config
             model = ServedModel(
-                loaded.name, loaded.config.version, loaded.predictor, batching, loaded.model_dir
+                loaded.name, config.version, loaded.predictor, config.batching, loaded.model_dir, config.cache
             )
             try:
                 self.registry.add(model)
@@ -116,7 +119,9 @@ class Server:
             try:
                 if settings.grpc_port:
                     address = f"{settings.host}:{settings.grpc_port}"
-                    grpc_server = create_grpc_server(dataplane, address, settings.max_body_bytes)
+                    grpc_server = create_grpc_server(
+                        dataplane, address, settings.max_body_bytes, reuse_port=settings.workers > 1
+                    )
                     await grpc_server.start()
                 yield
             finally:
@@ -126,13 +131,27 @@ class Server:
 
         return create_app(dataplane, settings.max_body_bytes, lifespan)
 
-    def _uvicorn_server(self) -> uvicorn.Server:
-        self.load()
+    def tune_process(self) -> None:
+        """Settle this process for serving, once the models are loaded.
+
+        Freezes the objects loaded so far out of the cyclic GC's work, and caps torch's threads at
+        this process's share of its cores.
+        """
         # Everything loaded so far (torch, the models) is long-lived: keep the cyclic GC from walking
         # it again on every full collection, which otherwise stalls requests (p99 75 ms -> 8 ms for
         # Linear(64->10) under load; benchmarks/README.md).
         gc.collect()
         gc.freeze()
+        # torch sizes its pool to the machine; a server pinned to fewer cores, or one of several
+        # workers, would oversubscribe them.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        share = max(1, cores // max(1, self.settings.workers))
+        if torch.get_num_threads() > share:
+            torch.set_num_threads(share)
+
+    def _uvicorn_server(self) -> uvicorn.Server:
+        self.load()
+        self.tune_process()
         config = uvicorn.Config(
             self.app(),
             host=self.settings.host,
@@ -194,6 +213,39 @@ class Server:
     def url(self) -> str:
         """http://host:port of the running server."""
         return f"http://{self.settings.host}:{self.port}"
+
+
+WORKER_SETTINGS = "MODELBAY_WORKER_SETTINGS"
+
+
+def run_workers(settings: Settings) -> None:
+    """Serve `settings` from `settings.workers` processes sharing the HTTP port (and gRPC's). Blocks.
+
+    uvicorn's supervisor starts the workers, each loading its own copy of the models
+    (Predictor.setup runs once per worker), and restarts any that dies. Load the models once with
+    `Server(settings).load()` before calling this, so a model that cannot load fails before anything
+    listens (the CLI does).
+    """
+    os.environ[WORKER_SETTINGS] = msgspec.json.encode(settings).decode()
+    uvicorn.run(
+        f"{__name__}:worker_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        access_log=False,
+        proxy_headers=False,
+    )
+
+
+def worker_app() -> ModelbayApp:
+    """The app of one worker process: settings from the environment, models loaded here (uvicorn factory)."""
+    settings = msgspec.json.decode(os.environ[WORKER_SETTINGS], type=Settings)
+    server = Server(settings)
+    server.load()
+    server.tune_process()
+    return server.app()
 
 
 def serve(

@@ -35,17 +35,38 @@ class BatchingConfig(_Config):
                         0 batches only what is already queued (batches still form under load,
                         while the model is busy).
     max_queue_size:     most requests waiting; one more is refused at once with 503 (Overloaded).
+    slo_ms:             a latency objective in milliseconds: the batch size (up to max_batch_size)
+                        and the queue delay are then tuned online to meet it (runtime/adaptive.py,
+                        Clipper's AIMD); None keeps them fixed.
     """
 
     max_batch_size: int = 32
     max_queue_delay_ms: float = 0.0
     max_queue_size: int = 256
+    slo_ms: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_queue_delay_ms < 0:
             raise msgspec.ValidationError(
                 "batching: max_batch_size and max_queue_size must be >= 1, max_queue_delay_ms >= 0"
             )
+        if self.slo_ms is not None and self.slo_ms <= 0:
+            raise msgspec.ValidationError("batching: slo_ms must be > 0")
+
+
+class CacheConfig(_Config):
+    """Prediction cache for one model (`modelbay.runtime.cache`).
+
+    max_entries: most answers kept (least recently used leave first).
+    ttl_s:       seconds an answer stays valid; None keeps it until evicted.
+    """
+
+    max_entries: int = 1024
+    ttl_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_entries < 1 or (self.ttl_s is not None and self.ttl_s <= 0):
+            raise msgspec.ValidationError("cache: max_entries must be >= 1 and ttl_s > 0")
 
 
 class ImageConfig(_Config):
@@ -91,6 +112,7 @@ class ModelConfig(_Config):
     top_k:       how many labels an image-classification answer lists.
     softmax:     image-classification: the first output holds logits, so scores are their softmax;
                  false when the model already returns probabilities.
+    cache:       cache answers to repeated requests ({max_entries, ttl_s}); None (default) caches nothing.
     """
 
     path: str | None = None
@@ -109,6 +131,7 @@ class ModelConfig(_Config):
     softmax: bool = True
     image: ImageConfig = msgspec.field(default_factory=ImageConfig)
     batching: BatchingConfig = msgspec.field(default_factory=BatchingConfig)
+    cache: CacheConfig | None = None
 
 
 class Settings(_Config):
@@ -116,6 +139,8 @@ class Settings(_Config):
 
     host, port:     where the HTTP server listens (port 0: any free port).
     grpc_port:      where the OIP gRPC server listens, on the same host; 0 disables gRPC.
+    workers:        server processes, each with its own copy of every model, sharing the ports;
+                    use up to one per core (each gets cores / workers torch threads).
     max_body_bytes: largest request body (HTTP) or message (gRPC) accepted, in bytes; larger
                     ones get 413 / INVALID_ARGUMENT.
     log_level:      "debug", "info", "warning" or "error".
@@ -125,6 +150,7 @@ class Settings(_Config):
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int = 8001
+    workers: int = 1
     max_body_bytes: int = 16 * 1024 * 1024
     log_level: str = "info"
     models: list[ModelConfig] = msgspec.field(default_factory=list)

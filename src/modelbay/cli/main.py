@@ -16,7 +16,7 @@ from modelbay import __version__
 from modelbay.client import Client
 from modelbay.errors import ModelbayError, ModelLoadError
 from modelbay.registry.repository import is_repository, scan_repository
-from modelbay.server import DEFAULT_MODEL, Server
+from modelbay.server import DEFAULT_MODEL, Server, run_workers
 from modelbay.settings import Settings, environment
 
 
@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="HTTP port (default 8000; 0 picks a free one)")
     serve.add_argument("--grpc-port", type=int, help="OIP gRPC port (default 8001; 0 disables gRPC)")
     serve.add_argument("--max-body-bytes", type=int, help="largest request body, in bytes (default 16 MiB)")
+    serve.add_argument(
+        "--workers", type=int, help="server processes sharing the ports (default 1; up to one per core)"
+    )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     model = serve.add_argument_group("model (applies to every PATH)")
     model.add_argument("--name", help="model name in URLs (one PATH only; default: file or folder name)")
@@ -125,7 +128,8 @@ def serve(args: argparse.Namespace) -> int:
     )
     try:
         flags = {
-            key: getattr(args, key) for key in ("host", "port", "grpc_port", "max_body_bytes", "log_level")
+            key: getattr(args, key)
+            for key in ("host", "port", "grpc_port", "workers", "max_body_bytes", "log_level")
         }
         overrides: dict[str, Any] = {key: value for key, value in flags.items() if value is not None}
         entries = _model_entries(args)
@@ -145,7 +149,12 @@ def serve(args: argparse.Namespace) -> int:
     where = f"http://{settings.host}:{settings.port}" if settings.port else "a free port (uvicorn logs it)"
     if settings.grpc_port:
         where += f" and grpc://{settings.host}:{settings.grpc_port}"
-    print(f"modelbay: serving {names} on {where}", file=sys.stderr)
+    workers = f" with {settings.workers} workers" if settings.workers > 1 else ""
+    print(f"modelbay: serving {names} on {where}{workers}", file=sys.stderr)
+    if settings.workers > 1:
+        del server  # it proved every model loads; each worker now loads its own copy
+        run_workers(settings)
+        return 0
     try:
         server.run()
     except RuntimeError as exc:

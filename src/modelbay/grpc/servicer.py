@@ -79,16 +79,19 @@ async def _guarded(context: grpc.aio.ServicerContext, call: Callable[[], Awaitab
         await context.abort(code, details)
 
 
-def create_grpc_server(dataplane: Dataplane, address: str, max_message_bytes: int) -> grpc.aio.Server:
+def create_grpc_server(
+    dataplane: Dataplane, address: str, max_message_bytes: int, reuse_port: bool = False
+) -> grpc.aio.Server:
     """A grpc.aio server for `dataplane` bound to `address` ("host:port"); not started yet.
 
-    Raises RuntimeError when the address cannot be bound.
+    reuse_port: let several worker processes bind the same port (SO_REUSEPORT; the kernel spreads
+    connections across them). Raises RuntimeError when the address cannot be bound.
     """
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", 2 * max_message_bytes),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(reuse_port)),
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(

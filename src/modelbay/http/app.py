@@ -8,6 +8,7 @@ Routes:
   GET  /v2/models/{model}[/versions/{version}]/ready
   POST /v2/models/{model}[/versions/{version}]/infer
   GET  /openapi.json, /docs                          the API description
+  GET  /metrics                                     Prometheus metrics (modelbay.metrics)
 Every error body is `{"error": "..."}` with the status of `modelbay.http.errors.STATUS`.
 """
 
@@ -26,6 +27,7 @@ from modelbay.codecs.oip_json import encode_json
 from modelbay.http.errors import error_response, json_response
 from modelbay.http.inference import InferenceRoutes, match
 from modelbay.http.openapi import docs_page, openapi_document
+from modelbay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from modelbay.runtime.dataplane import Dataplane
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -70,6 +72,9 @@ def create_app(
     async def ready(request: Request) -> Response:
         return _truth(dataplane.ready())
 
+    async def metrics(request: Request) -> Response:
+        return Response(dataplane.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
     async def model_metadata(request: Request) -> Response:
         return json_response(dataplane.model_metadata(*model_ref(request)))
 
@@ -97,7 +102,12 @@ def create_app(
 
     model = "/{model}"
     versioned = "/{model}/versions/{version}"
-    routes = [Route("/", root), Route("/openapi.json", openapi), Route("/docs", docs)]
+    routes = [
+        Route("/", root),
+        Route("/openapi.json", openapi),
+        Route("/docs", docs),
+        Route("/metrics", metrics),
+    ]
     for ref in (model, versioned):
         routes += [
             Route(f"/v2/models{ref}", endpoint(model_metadata)),

@@ -7,16 +7,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelbay.errors import ModelNotFound
+from modelbay.metrics import ModelMetrics
 from modelbay.predictor import Predictor
 from modelbay.runtime.batcher import Batcher
-from modelbay.settings import BatchingConfig
+from modelbay.runtime.cache import PredictionCache
+from modelbay.settings import BatchingConfig, CacheConfig
 
 
 @dataclass(eq=False)
 class ServedModel:
-    """One model version being served: its predictor and the batcher in front of it.
+    """One model version being served: its predictor, the batcher in front of it, its cache.
 
-    ready: True between a successful start and stop (OIP "model ready").
+    ready:   True between a successful start and stop (OIP "model ready").
+    metrics: bound by the Dataplane that serves it.
     """
 
     name: str
@@ -24,13 +27,18 @@ class ServedModel:
     predictor: Predictor
     batching: BatchingConfig
     model_dir: Path | None = None
+    cache_config: CacheConfig | None = None
     ready: bool = False
     batcher: Batcher = field(init=False)
+    cache: PredictionCache | None = field(init=False, default=None)
+    metrics: ModelMetrics | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.batcher = Batcher(
             self.predictor.predict, self.batching, rows=self.predictor.rows, name=self.name
         )
+        if self.cache_config is not None:
+            self.cache = PredictionCache(self.cache_config.max_entries, self.cache_config.ttl_s)
 
 
 def _version_key(version: str) -> tuple[int, int | str]:

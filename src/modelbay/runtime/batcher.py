@@ -15,9 +15,10 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from modelbay.errors import InferenceFailed, InvalidInput, ModelbayError, ModelNotReady, Overloaded
+from modelbay.runtime.adaptive import AdaptiveBatchSize
 from modelbay.settings import BatchingConfig
 
 log = logging.getLogger("modelbay.batcher")
@@ -29,6 +30,12 @@ class _Pending:
     rows: int
     future: asyncio.Future[Any]
     enqueued_at: float
+
+
+class BatchObserver(Protocol):
+    """Told about every batch the batcher runs (modelbay.metrics.ModelMetrics is one)."""
+
+    def on_batch(self, rows: int, queue_waits_s: list[float], inference_s: float) -> None: ...
 
 
 @dataclass(slots=True)
@@ -65,11 +72,20 @@ class Batcher:
         self.config = config
         self.name = name
         self.stats = BatcherStats()
+        self.observer: BatchObserver | None = None
+        self.adaptive = (
+            AdaptiveBatchSize(config.slo_ms, config.max_batch_size) if config.slo_ms is not None else None
+        )
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_rows = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting to be batched now."""
+        return len(self._queue)
 
     def start(self) -> None:
         """Start the batching loop on the running event loop and the model's worker thread."""
@@ -128,10 +144,18 @@ class Batcher:
             if batch:
                 await self._run(batch)
 
+    @property
+    def batch_limit(self) -> int:
+        """Most rows in the next batch: max_batch_size, or the adaptive limit under an SLO."""
+        return self.adaptive.limit if self.adaptive is not None else self.config.max_batch_size
+
     async def _wait_for_batch(self) -> None:
-        """Wait until a full batch is queued or the oldest request has waited max_queue_delay_ms."""
-        deadline = self._queue[0].enqueued_at + self.config.max_queue_delay_ms / 1000
-        while self._queued_rows < self.config.max_batch_size:
+        """Wait until a full batch is queued or the oldest request has waited the queue delay."""
+        delay_s = self.config.max_queue_delay_ms / 1000
+        if self.adaptive is not None:
+            delay_s = self.adaptive.queue_delay_s(delay_s)
+        deadline = self._queue[0].enqueued_at + delay_s
+        while self._queued_rows < self.batch_limit:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -145,7 +169,8 @@ class Batcher:
         """Pop queued requests up to max_batch_size rows, dropping those whose caller has gone."""
         batch: list[_Pending] = []
         rows = 0
-        while self._queue and rows + self._queue[0].rows <= self.config.max_batch_size:
+        limit = self.batch_limit
+        while self._queue and (rows == 0 or rows + self._queue[0].rows <= limit):
             pending = self._queue.popleft()
             self._queued_rows -= pending.rows
             if pending.future.done():  # cancelled: the client disconnected or timed out
@@ -157,9 +182,11 @@ class Batcher:
     async def _run(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
         items = [pending.item for pending in batch]
+        rows = sum(pending.rows for pending in batch)
         self.stats.batches += 1
         self.stats.items += len(batch)
-        self.stats.rows += sum(pending.rows for pending in batch)
+        self.stats.rows += rows
+        started = time.monotonic()
         try:
             outputs = await loop.run_in_executor(self._executor, self._checked_predict, items)
         except Exception as exc:
@@ -170,6 +197,12 @@ class Batcher:
             for pending in batch:
                 await self._run_alone(pending)
             return
+        finished = time.monotonic()
+        if self.adaptive is not None:
+            self.adaptive.observe(rows, finished - started, finished - batch[0].enqueued_at)
+        if self.observer is not None:
+            waits = [started - pending.enqueued_at for pending in batch]
+            self.observer.on_batch(rows, waits, finished - started)
         for pending, output in zip(batch, outputs, strict=True):
             if not pending.future.done():
                 pending.future.set_result(output)

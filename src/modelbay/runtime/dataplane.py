@@ -7,15 +7,20 @@ wire format into these calls and map the `modelbay.errors` they raise to status 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from modelbay import __version__
 from modelbay.errors import InvalidInput, ModelNotReady
+from modelbay.metrics import Metrics
 from modelbay.predictor import Predictor
 from modelbay.registry.registry import ModelRegistry, ServedModel
 from modelbay.runtime.batcher import model_failure
+from modelbay.runtime.cache import request_key
 from modelbay.types import InferenceRequest, InferenceResponse
 
 SERVER_NAME = "modelbay"
@@ -31,10 +36,14 @@ class PredictResult:
 
 
 class Dataplane:
-    """Health, metadata and inference over the models of a registry."""
+    """Health, metadata and inference over the models of a registry, with their metrics and caches."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, metrics: Metrics | None = None) -> None:
         self.registry = registry
+        self.metrics = metrics or Metrics()
+        for model in registry:
+            model.metrics = self.metrics.for_model(model.name, model.version, _depth(model))
+            model.batcher.observer = model.metrics
 
     async def start(self) -> None:
         """Start every model's batcher on the running loop and mark the models ready."""
@@ -80,21 +89,34 @@ class Dataplane:
         }
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        """Run one OIP inference request through the model's batcher.
+        """Run one OIP inference request through the model's cache and batcher.
 
         Raises ModelNotFound, ModelNotReady, InvalidInput (inputs that do not match the model, an
         unknown requested output), Overloaded, or InferenceFailed (the model failed).
         """
-        model = self._ready_model(request.model_name, request.model_version)
-        predictor = model.predictor
-        item = await _call(model, predictor, predictor.decode_tensors, request.inputs)
-        output = await model.batcher.submit(item)
-        outputs = await _call(model, predictor, predictor.encode_tensors, output)
-        if request.outputs is not None:
-            unknown = [name for name in request.outputs if name not in outputs]
-            if unknown:
-                raise InvalidInput(f"unknown requested output(s) {unknown}; model has {sorted(outputs)}")
-            outputs = {name: outputs[name] for name in request.outputs}
+        started = time.perf_counter()
+        model = None
+        try:
+            model = self._ready_model(request.model_name, request.model_version)
+            if model.cache is None:
+                outputs = await _infer(model, request.inputs)
+            else:
+                key = request_key(
+                    [
+                        "infer",
+                        *(part for name in sorted(request.inputs) for part in (name, request.inputs[name])),
+                    ]
+                )
+                outputs = await _cached(model, key, lambda: _infer(model, request.inputs))
+            if request.outputs is not None:
+                unknown = [name for name in request.outputs if name not in outputs]
+                if unknown:
+                    raise InvalidInput(f"unknown requested output(s) {unknown}; model has {sorted(outputs)}")
+                outputs = {name: outputs[name] for name in request.outputs}
+        except Exception as exc:
+            self._record(model, "infer", started, exc)
+            raise
+        self._record(model, "infer", started, None)
         return InferenceResponse(model.name, model.version, outputs, request.id)
 
     async def predict(self, name: str, version: str | None, examples: list[Any]) -> PredictResult:
@@ -103,14 +125,19 @@ class Dataplane:
         examples: raw bytes or JSON values, one per prediction wanted.
         Raises what `infer` raises.
         """
-        model = self._ready_model(name, version)
-        predictor = model.predictor
-        items = [await _call(model, predictor, predictor.preprocess, example) for example in examples]
-        if len(items) == 1:  # the common case: no gather, no extra Task per request
-            outputs = [await model.batcher.submit(items[0])]
-        else:
-            outputs = await asyncio.gather(*(model.batcher.submit(item) for item in items))
-        predictions = [await _call(model, predictor, predictor.postprocess, output) for output in outputs]
+        started = time.perf_counter()
+        model = None
+        try:
+            model = self._ready_model(name, version)
+            if model.cache is None:
+                predictions = await _predict(model, examples)
+            else:
+                key = request_key(["predict", *examples])
+                predictions = await _cached(model, key, lambda: _predict(model, examples))
+        except Exception as exc:
+            self._record(model, "predict", started, exc)
+            raise
+        self._record(model, "predict", started, None)
         return PredictResult(model.name, model.version, predictions)
 
     def _ready_model(self, name: str, version: str | None) -> ServedModel:
@@ -118,6 +145,43 @@ class Dataplane:
         if not model.ready:
             raise ModelNotReady(f"model {name!r} version {model.version!r} is not ready")
         return model
+
+    def _record(
+        self, model: ServedModel | None, door: str, started: float, error: BaseException | None
+    ) -> None:
+        if model is not None and model.metrics is not None:
+            model.metrics.on_request(door, time.perf_counter() - started, error)
+        elif error is not None:  # an unknown model: never its name as a label value
+            self.metrics.requests.labels("", "", door, type(error).__name__).inc()
+
+
+def _depth(model: ServedModel) -> Callable[[], float]:
+    return lambda: float(model.batcher.queue_depth)
+
+
+async def _infer(model: ServedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    predictor = model.predictor
+    item = await _call(model, predictor, predictor.decode_tensors, inputs)
+    output = await model.batcher.submit(item)
+    outputs: dict[str, np.ndarray] = await _call(model, predictor, predictor.encode_tensors, output)
+    return outputs
+
+
+async def _predict(model: ServedModel, examples: list[Any]) -> list[Any]:
+    predictor = model.predictor
+    items = [await _call(model, predictor, predictor.preprocess, example) for example in examples]
+    if len(items) == 1:  # the common case: no gather, no extra Task per request
+        outputs = [await model.batcher.submit(items[0])]
+    else:
+        outputs = await asyncio.gather(*(model.batcher.submit(item) for item in items))
+    return [await _call(model, predictor, predictor.postprocess, output) for output in outputs]
+
+
+async def _cached(model: ServedModel, key: bytes, compute: Callable[[], Awaitable[Any]]) -> Any:
+    assert model.cache is not None and model.metrics is not None
+    value, hit = await model.cache.get_or_compute(key, compute)
+    (model.metrics.cache_hit if hit else model.metrics.cache_miss).inc()
+    return value
 
 
 async def _call(model: ServedModel, predictor: Predictor, hook: Callable[[Any], Any], arg: Any) -> Any:

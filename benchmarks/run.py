@@ -1,0 +1,342 @@
+"""modelbay against the usual ways to serve a model, side by side in one run, on one core each.
+
+    python benchmarks/run.py                                # all models, all servers (~8 minutes)
+    python benchmarks/run.py --models linear --duration-s 5
+
+For each model (benchmarks/models.py) and server, the server is pinned to core 0 (`taskset`) and
+`wrk` (Debian's package; compiled, so the client is not the bottleneck) drives it from core 1 with
+64 connections, every request `{"input": one example}` as JSON. Servers:
+  modelbay   `modelbay serve model.pt2 --max-batch-size B` (the simple door, /predict/{model}), B the
+             model's best in-process batch size (what an operator would set); the same server is
+             also driven with the example as a raw tensor (OIP binary extension, /v2/models/M/infer)
+  fastapi    the hand-written way: FastAPI + pydantic, one forward pass per request (servers/)
+  litserve   LitServe with batching (max_batch_size 64, batch_timeout 1 ms)
+  bare-asgi  an ASGI app on uvicorn that returns fixed JSON: the ceiling of the HTTP stack
+and the in-process limit: the model alone on one core, one torch thread, items/s at its best
+batch size (and at 64). Only 127.0.0.1 is contacted; every run ends at its deadline.
+Prints a Markdown table; writes benchmarks/results/run.json and run.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from models import MODELS, body, build, example, export  # noqa: E402
+
+RESULTS = HERE / "results"
+BIN = Path(sys.executable).parent
+SERVERS = ("modelbay", "fastapi", "litserve", "bare-asgi")
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pin(core: int) -> list[str]:
+    return ["taskset", "-c", str(core)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
+
+
+def server_command(server: str, model: str, artifact: Path, port: int, batch: int) -> tuple[list[str], str]:
+    """The command line of `server` for `model`, and the path requests go to."""
+    uvicorn = [
+        str(BIN / "python"),
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        str(HERE / "servers"),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    if server == "modelbay":
+        return [
+            str(BIN / "modelbay"),
+            "serve",
+            str(artifact),
+            "--name",
+            model,
+            "--port",
+            str(port),
+            "--grpc-port",
+            "0",
+            "--max-batch-size",
+            str(batch),
+            "--log-level",
+            "warning",
+        ], f"/predict/{model}"
+    if server == "fastapi":
+        return [*uvicorn, "fastapi_app:app"], "/predict"
+    if server == "litserve":
+        return [str(BIN / "python"), str(HERE / "servers" / "litserve_app.py")], "/predict"
+    return [*uvicorn, "bare_asgi:app"], "/"
+
+
+@contextlib.contextmanager
+def running(command: list[str], env: dict[str, str], url: str, payload: bytes) -> Iterator[None]:
+    """Start `command` pinned to core 0 in its own process group; yield once `url` answers 200."""
+    process = subprocess.Popen(
+        [*pin(0), *command],
+        env={**os.environ, **env},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                reply = httpx.post(
+                    url, content=payload, headers={"content-type": "application/json"}, timeout=10
+                )
+                if reply.status_code == 200:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{command} did not come up")
+            time.sleep(0.3)
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def binary_body(model: str, url: str, folder: Path) -> tuple[Path, int]:
+    """The example as an OIP binary-extension body for `url`'s model; its file and JSON header length."""
+    base = url.split("/predict/")[0]
+    name = httpx.get(f"{base}/v2/models/{model}").json()["inputs"][0]["name"]
+    raw = example(model).numpy().astype("<f4").tobytes()
+    shape = list(example(model).shape)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": shape,
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
+    path = folder / f"{model}.bin"
+    path.write_bytes(header + raw)
+    return path, len(header)
+
+
+def wrk(
+    url: str, payload_file: Path, duration_s: float, connections: int, header_length: int | None = None
+) -> dict[str, float]:
+    """Run wrk from core 1 against `url`; requests/s, p50/p99 ms and errors (non-2xx, socket)."""
+    script = payload_file.with_suffix(".lua")
+    content_type = "application/octet-stream" if header_length is not None else "application/json"
+    extra = f'wrk.headers["Inference-Header-Content-Length"] = "{header_length}"\n' if header_length else ""
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f'local f = io.open("{payload_file}", "rb"); wrk.body = f:read("*a"); f:close()\n'
+        f'wrk.headers["Content-Type"] = "{content_type}"\n{extra}'
+    )
+    command = [
+        *pin(1),
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration_s:g}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60).stdout
+
+    def latency(label: str) -> float:
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        return float(match.group(1)) * UNITS[match.group(2)] if match else float("nan")
+
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    return {
+        "rps": float(rps.group(1)) if rps else 0.0,
+        "p50_ms": latency("50"),
+        "p99_ms": latency("99"),
+        "errors": errors,
+    }
+
+
+def in_process_limit(model: str, seconds: float = 1.5) -> dict[str, float]:
+    """Items/s of the model alone (this process must be pinned to one core), per batch size."""
+    torch.set_num_threads(1)
+    module, x = build(model), example(model)
+    results = {}
+    with torch.inference_mode():
+        for size in (1, 8, 16, 32, 64, 128):
+            batch = x.repeat(size, *[1] * (x.dim() - 1))
+            module(batch)
+            count, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                module(batch)
+                count += size
+            results[str(size)] = count / (time.perf_counter() - start)
+    return results
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one row per (model, server), with the ratios the performance targets are stated in."""
+    head = [
+        "model",
+        "server",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "vs FastAPI",
+        "vs in-process best",
+        "vs batch 64",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        fastapi = next((r["rps"] for r in mine if r["server"] == "fastapi"), float("nan"))
+        limit = next(r for r in mine if r["server"] == "in-process")
+        lines.append(
+            f"| {model} | in-process, best batch {limit['best_batch']} | {limit['rps']:.0f} items/s "
+            f"| | | | | | batch 64: {limit['batch64']:.0f} items/s |"
+        )
+        for r in mine:
+            if r["server"] == "in-process":
+                continue
+            cells = [
+                model,
+                r["server"],
+                f"{r['rps']:.0f}",
+                f"{r['p50_ms']:.2f}",
+                f"{r['p99_ms']:.2f}",
+                str(r["errors"]),
+                f"{r['rps'] / fastapi:.2f}x",
+                f"{r['rps'] / limit['rps']:.0%}",
+                f"{r['rps'] / limit['batch64']:.0%}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    order = ("modelbay", "modelbay (binary)", "fastapi", "litserve", "bare-asgi", "in-process")
+    servers = [s for s in order if any(r["server"] == s for r in rows)]
+    figure, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 4))
+    for axis, model in zip(axes if len(models) > 1 else [axes], models, strict=True):
+        values = [
+            next((r["rps"] for r in rows if r["model"] == model and r["server"] == s), 0) for s in servers
+        ]
+        axis.bar(servers, values, color=["#2a7", "#1a5", "#888", "#a77", "#bbb", "#57a"][: len(servers)])
+        axis.set_title(model)
+        axis.set_ylabel("requests/s (in-process: items/s)")
+        axis.tick_params(axis="x", rotation=45)
+    figure.suptitle("one core each, 64 connections (benchmarks/run.py)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS))
+    parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--in-process", metavar="MODEL", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.in_process:
+        print(json.dumps(in_process_limit(args.in_process)))
+        return
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install wrk")
+    RESULTS.mkdir(exist_ok=True)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            payload = Path(tmp) / f"{model}.json"
+            payload.write_bytes(body(model))
+            artifact = export(model, Path(tmp))
+            limit_out = subprocess.run(
+                [*pin(0), sys.executable, __file__, "--in-process", model],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            limits = json.loads(limit_out)
+            best = max(limits, key=lambda size: limits[size])
+            rows.append(
+                {
+                    "model": model,
+                    "server": "in-process",
+                    "rps": limits[best],
+                    "best_batch": int(best),
+                    "batch64": limits["64"],
+                    "by_batch": limits,
+                }
+            )
+            for server in args.servers:
+                port = free_port()
+                command, path = server_command(server, model, artifact, port, int(best))
+                url = f"http://127.0.0.1:{port}{path}"
+                with running(command, {"MODEL": model, "PORT": str(port)}, url, payload.read_bytes()):
+                    wrk(url, payload, 2, args.connections)  # warm-up
+                    rows.append(
+                        {
+                            "model": model,
+                            "server": server,
+                            **wrk(url, payload, args.duration_s, args.connections),
+                        }
+                    )
+                    if server == "modelbay":
+                        raw, length = binary_body(model, url, Path(tmp))
+                        infer = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
+                        result = wrk(infer, raw, args.duration_s, args.connections, length)
+                        rows.append({"model": model, "server": "modelbay (binary)", **result})
+                for row in rows[-2:] if server == "modelbay" else rows[-1:]:
+                    print(
+                        f"{model:7} {row['server']:18} {row['rps']:9.0f} req/s  p99 {row['p99_ms']:.2f} ms",
+                        file=sys.stderr,
+                    )
+    print(table(rows))
+    (RESULTS / "run.json").write_text(json.dumps(rows, indent=2))
+    plot(rows, RESULTS / "run.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Prometheus metrics of one server, in its own registry (two servers in one process do not clash).
+
+Exposed at `GET /metrics` in the Prometheus text format (prometheus-client). What a user watches to
+tune batching:
+
+    modelbay_requests_total{model,version,door,status}        door: predict | infer;
+                                                             status: success or the error class
+    modelbay_request_duration_seconds{model,version,door}    total, in the dataplane
+    modelbay_queue_wait_seconds{model,version}               enqueue -> batch start, per request
+    modelbay_inference_duration_seconds{model,version}       one predict() call, per batch
+    modelbay_batch_size{model,version}                       rows per batch
+    modelbay_queue_depth{model,version}                      requests waiting now
+    modelbay_cache_requests_total{model,version,result}      hit | miss
+
+Model labels only ever name served models; a request for an unknown model is counted under
+model="" so a client cannot grow the label set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The collectors of one server; `for_model` binds the labels of one model version once."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ["model", "version"]
+        self.requests = Counter(
+            "modelbay_requests",
+            "Inference requests by outcome.",
+            [*labels, "door", "status"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "modelbay_request_duration_seconds",
+            "Request time in the dataplane.",
+            [*labels, "door"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "modelbay_queue_wait_seconds",
+            "Time a request waited for its batch.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference = Histogram(
+            "modelbay_inference_duration_seconds",
+            "Time of one batch's predict call.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "modelbay_batch_size", "Rows per batch.", labels, buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.queue_depth = Gauge(
+            "modelbay_queue_depth", "Requests waiting to be batched.", labels, registry=self.registry
+        )
+        self.cache = Counter(
+            "modelbay_cache_requests",
+            "Prediction cache lookups.",
+            [*labels, "result"],
+            registry=self.registry,
+        )
+
+    def for_model(self, model: str, version: str, queue_depth: Callable[[], float]) -> ModelMetrics:
+        """Label-bound collectors for one model version; `queue_depth` is read at each scrape."""
+        return ModelMetrics(self, model, version, queue_depth)
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text exposition format."""
+        return generate_latest(self.registry)
+
+
+class ModelMetrics:
+    """One model version's collectors, labels bound once (no label lookup per request)."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str, queue_depth: Callable[[], float]) -> None:
+        self._metrics = metrics
+        self._labels = (model, version)
+        self._queue_wait = metrics.queue_wait.labels(model, version)
+        self._inference = metrics.inference.labels(model, version)
+        self._batch_size = metrics.batch_size.labels(model, version)
+        self._duration = {
+            door: metrics.request_duration.labels(model, version, door) for door in ("predict", "infer")
+        }
+        self._success = {
+            door: metrics.requests.labels(model, version, door, "success") for door in ("predict", "infer")
+        }
+        self.cache_hit = metrics.cache.labels(model, version, "hit")
+        self.cache_miss = metrics.cache.labels(model, version, "miss")
+        metrics.queue_depth.labels(model, version).set_function(queue_depth)
+
+    def on_batch(self, rows: int, queue_waits_s: list[float], inference_s: float) -> None:
+        """Record one batch: its rows, each request's queue wait and the predict call's time (seconds)."""
+        self._batch_size.observe(rows)
+        self._inference.observe(inference_s)
+        for wait in queue_waits_s:
+            self._queue_wait.observe(wait)
+
+    def on_request(self, door: str, duration_s: float, error: BaseException | None) -> None:
+        """Record one request's time in the dataplane and its outcome."""
+        self._duration[door].observe(duration_s)
+        if error is None:
+            self._success[door].inc()
+        else:
+            self._metrics.requests.labels(*self._labels, door, type(error).__name__).inc()
