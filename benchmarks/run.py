@@ -57,6 +57,22 @@ def pin(core: int) -> list[str]:
     return ["taskset", "-c", str(core)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
 
 
+def modelbay_command(path: Path, port: int, *flags: str) -> list[str]:
+    """`modelbay serve PATH` on `port`, gRPC off, quiet, with extra `flags`."""
+    return [
+        str(BIN / "modelbay"),
+        "serve",
+        str(path),
+        "--port",
+        str(port),
+        "--grpc-port",
+        "0",
+        "--log-level",
+        "warning",
+        *flags,
+    ]
+
+
 def server_command(server: str, model: str, artifact: Path, port: int, batch: int) -> tuple[list[str], str]:
     """The command line of `server` for `model`, and the path requests go to."""
     uvicorn = [
@@ -72,21 +88,9 @@ def server_command(server: str, model: str, artifact: Path, port: int, batch: in
         "--no-access-log",
     ]
     if server == "modelbay":
-        return [
-            str(BIN / "modelbay"),
-            "serve",
-            str(artifact),
-            "--name",
-            model,
-            "--port",
-            str(port),
-            "--grpc-port",
-            "0",
-            "--max-batch-size",
-            str(batch),
-            "--log-level",
-            "warning",
-        ], f"/predict/{model}"
+        return modelbay_command(
+            artifact, port, "--name", model, "--max-batch-size", str(batch)
+        ), f"/predict/{model}"
     if server == "fastapi":
         return [*uvicorn, "fastapi_app:app"], "/predict"
     if server == "litserve":
@@ -127,6 +131,19 @@ def running(command: list[str], env: dict[str, str], url: str, payload: bytes) -
             process.wait()
 
 
+def write_script(payload_file: Path, header_length: int | None) -> Path:
+    """A wrk Lua script that POSTs `payload_file` (binary extension body when `header_length` is set)."""
+    script = payload_file.with_suffix(".lua")
+    content_type = "application/octet-stream" if header_length is not None else "application/json"
+    extra = f'wrk.headers["Inference-Header-Content-Length"] = "{header_length}"\n' if header_length else ""
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f'local f = io.open("{payload_file}", "rb"); wrk.body = f:read("*a"); f:close()\n'
+        f'wrk.headers["Content-Type"] = "{content_type}"\n{extra}'
+    )
+    return script
+
+
 def binary_body(model: str, url: str, folder: Path) -> tuple[Path, int]:
     """The example as an OIP binary-extension body for `url`'s model; its file and JSON header length."""
     base = url.split("/predict/")[0]
@@ -151,17 +168,20 @@ def binary_body(model: str, url: str, folder: Path) -> tuple[Path, int]:
 
 
 def wrk(
-    url: str, payload_file: Path, duration_s: float, connections: int, header_length: int | None = None
+    url: str,
+    payload_file: Path,
+    duration_s: float,
+    connections: int,
+    header_length: int | None = None,
+    script: Path | None = None,
 ) -> dict[str, float]:
-    """Run wrk from core 1 against `url`; requests/s, p50/p99 ms and errors (non-2xx, socket)."""
-    script = payload_file.with_suffix(".lua")
-    content_type = "application/octet-stream" if header_length is not None else "application/json"
-    extra = f'wrk.headers["Inference-Header-Content-Length"] = "{header_length}"\n' if header_length else ""
-    script.write_text(
-        'wrk.method = "POST"\n'
-        f'local f = io.open("{payload_file}", "rb"); wrk.body = f:read("*a"); f:close()\n'
-        f'wrk.headers["Content-Type"] = "{content_type}"\n{extra}'
-    )
+    """Run wrk from core 1 against `url`; requests/s, p50/p99 ms and errors (non-2xx, socket).
+
+    Every request POSTs the bytes of `payload_file` (with the OIP binary header when
+    `header_length` is given), unless `script` is a wrk Lua script of its own.
+    """
+    if script is None:
+        script = write_script(payload_file, header_length)
     command = [
         *pin(1),
         "wrk",
@@ -190,20 +210,26 @@ def wrk(
     }
 
 
-def in_process_limit(model: str, seconds: float = 1.5) -> dict[str, float]:
-    """Items/s of the model alone (this process must be pinned to one core), per batch size."""
+def in_process_limit(model: str, seconds: float = 2.0, rounds: int = 2) -> dict[str, float]:
+    """Items/s of the model alone (this process must be pinned to one core), per batch size.
+
+    Each size is timed `rounds` times for `seconds`, the sizes interleaved, and the best kept: a
+    shared machine only ever makes a measurement slower.
+    """
     torch.set_num_threads(1)
     module, x = build(model), example(model)
-    results = {}
+    results: dict[str, float] = {}
     with torch.inference_mode():
-        for size in (1, 8, 16, 32, 64, 128):
-            batch = x.repeat(size, *[1] * (x.dim() - 1))
-            module(batch)
-            count, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds:
+        for _ in range(rounds):
+            for size in (1, 8, 16, 32, 64, 128):
+                batch = x.repeat(size, *[1] * (x.dim() - 1))
                 module(batch)
-                count += size
-            results[str(size)] = count / (time.perf_counter() - start)
+                count, start = 0, time.perf_counter()
+                while time.perf_counter() - start < seconds:
+                    module(batch)
+                    count += size
+                rate = count / (time.perf_counter() - start)
+                results[str(size)] = max(rate, results.get(str(size), 0.0))
     return results
 
 

@@ -51,7 +51,17 @@ def _metadata_json(message: Any) -> dict[str, Any]:
     }
 
 
-class Client:
+class _Base:
+    """What both clients keep: the transport ("http" or "grpc"), its address, options, input names."""
+
+    def __init__(self, url: str, timeout_s: float, binary: bool) -> None:
+        self.transport, self._address = _target(url)
+        self.binary = binary
+        self.timeout_s = timeout_s
+        self._first_inputs: dict[tuple[str, str | None], str] = {}
+
+
+class Client(_Base):
     """A blocking client. url: "http://host:port" (REST) or "grpc://host:port".
 
     timeout_s: per-call timeout in seconds. binary: send and receive tensors raw over HTTP.
@@ -61,10 +71,8 @@ class Client:
     def __init__(
         self, url: str = "http://127.0.0.1:8000", *, timeout_s: float = 60.0, binary: bool = True
     ) -> None:
-        self.transport, address = _target(url)
-        self.binary = binary
-        self.timeout_s = timeout_s
-        self._first_inputs: dict[tuple[str, str | None], str] = {}
+        super().__init__(url, timeout_s, binary)
+        address = self._address
         if self.transport == "http":
             self._http = httpx.Client(base_url=address, timeout=timeout_s)
         else:
@@ -178,16 +186,14 @@ class Client:
         return self._first_inputs[key]
 
 
-class AsyncClient:
+class AsyncClient(_Base):
     """The asyncio twin of Client (httpx.AsyncClient, grpc.aio); same arguments, awaitable methods."""
 
     def __init__(
         self, url: str = "http://127.0.0.1:8000", *, timeout_s: float = 60.0, binary: bool = True
     ) -> None:
-        self.transport, address = _target(url)
-        self.binary = binary
-        self.timeout_s = timeout_s
-        self._first_inputs: dict[tuple[str, str | None], str] = {}
+        super().__init__(url, timeout_s, binary)
+        address = self._address
         if self.transport == "http":
             self._http = httpx.AsyncClient(base_url=address, timeout=timeout_s)
         else:
