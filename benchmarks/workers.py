@@ -47,7 +47,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for workers, r in rows:
         print(
-            f"| {workers} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {r['rps'] / base:.2f}x |"
+            f"| {workers} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} "
+            f"| {r['rps'] / base:.2f}x |"
         )
 
 
