@@ -6,9 +6,11 @@
 For each model (benchmarks/models.py) and server, the server is pinned to core 0 (`taskset`) and
 `wrk` (Debian's package; compiled, so the client is not the bottleneck) drives it from core 1 with
 64 connections, every request `{"input": one example}` as JSON. Servers:
-  modelbay   `modelbay serve model.pt2 --max-batch-size B` (the simple door, /predict/{model}), B the
-             model's best in-process batch size (what an operator would set); the same server is
-             also driven with the example as a raw tensor (OIP binary extension, /v2/models/M/infer)
+  modelbay   `modelbay serve model.pt2 --max-batch-size B --max-queue-delay-ms 5` (the simple door,
+             /predict/{model}), B = min(the model's best in-process batch size, connections): what an
+             operator sets for this load (with 64 closed-loop clients, waiting a few ms for a full
+             batch beats running half batches back to back). The same server is also driven with
+             the example as a raw tensor (OIP binary extension, /v2/models/M/infer)
   fastapi    the hand-written way: FastAPI + pydantic, one forward pass per request (servers/)
   litserve   LitServe with batching (max_batch_size 64, batch_timeout 1 ms)
   bare-asgi  an ASGI app on uvicorn that returns fixed JSON: the ceiling of the HTTP stack

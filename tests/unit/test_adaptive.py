@@ -11,38 +11,46 @@ from modelbay.runtime.batcher import Batcher
 from modelbay.settings import BatchingConfig
 
 
-def test_full_batches_within_the_slo_grow_the_limit_one_step_at_a_time() -> None:
+def test_full_batches_within_the_budget_grow_the_limit_one_step_at_a_time() -> None:
     control = AdaptiveBatchSize(slo_ms=50, max_batch_size=8)
+    assert control.batch_budget_s == 0.025
     limits = []
     for _ in range(10):
-        control.observe(rows=control.limit, inference_s=0.002, oldest_latency_s=0.010)
+        control.observe(rows=control.limit, inference_s=0.010)
         limits.append(control.limit)
     assert limits == [2, 3, 4, 5, 6, 7, 8, 8, 8, 8]
 
 
-def test_a_batch_that_misses_the_slo_cuts_the_limit() -> None:
+def test_a_batch_over_half_the_slo_cuts_the_limit() -> None:
     control = AdaptiveBatchSize(slo_ms=50, max_batch_size=64, backoff=0.5)
     control.limit = 40
-    control.observe(rows=40, inference_s=0.030, oldest_latency_s=0.080)
+    control.observe(rows=40, inference_s=0.030)
     assert control.limit == 20
     for _ in range(10):
-        control.observe(rows=control.limit, inference_s=0.030, oldest_latency_s=0.090)
+        control.observe(rows=control.limit, inference_s=0.030)
     assert control.limit == 1  # never below one
+
+
+def test_the_limit_settles_where_a_batch_fits_the_budget() -> None:
+    control = AdaptiveBatchSize(slo_ms=40, max_batch_size=256)
+    for _ in range(2000):  # a model that takes 1 ms per row: the budget (20 ms) fits ~20 rows
+        control.observe(rows=control.limit, inference_s=0.001 * control.limit)
+    assert 15 <= control.limit <= 21
 
 
 def test_batches_below_the_limit_teach_nothing_about_size() -> None:
     control = AdaptiveBatchSize(slo_ms=50, max_batch_size=64)
     control.limit = 10
-    control.observe(rows=3, inference_s=0.001, oldest_latency_s=0.002)
+    control.observe(rows=3, inference_s=0.001)
     assert control.limit == 10
 
 
-def test_queue_delay_leaves_room_for_the_batch_within_the_slo() -> None:
+def test_queue_delay_leaves_room_for_two_batches_within_the_slo() -> None:
     control = AdaptiveBatchSize(slo_ms=20, max_batch_size=64)
     assert control.queue_delay_s(0.005) == 0.005
-    control.observe(rows=1, inference_s=0.018, oldest_latency_s=0.019)
+    control.observe(rows=1, inference_s=0.009)
     assert control.queue_delay_s(0.005) == pytest.approx(0.002)
-    control.observe(rows=1, inference_s=0.050, oldest_latency_s=0.060)
+    control.observe(rows=1, inference_s=0.050)
     assert control.queue_delay_s(0.005) == 0.0
 
 

@@ -1,10 +1,12 @@
 """Adaptive batch size against a latency SLO: additive increase, multiplicative decrease.
 
 The scheme of Clipper (Crankshaw et al., "Clipper: A Low-Latency Online Prediction Serving System",
-NSDI 2017, section 4.3.1): grow the batch size by a fixed step while batches meet the latency
-objective, cut it by a factor when one misses. Here a batch "meets" the objective when its oldest
-request, from enqueue to answer, took at most `slo_ms`, so queueing counts too; the queue delay is
-capped so a request never waits longer than the SLO minus the recent batch time.
+NSDI 2017, section 4.3.1): grow the batch size by a fixed step while the time to *process* a batch
+stays within the objective, cut it by a factor when it does not. The budget for one batch is half
+the SLO: at steady state a request waits at most for the batch in progress, then runs in its own,
+so it is answered within about two batch times. (Reacting to end-to-end latency instead, queueing
+included, spirals down under load: smaller batches mean longer queues, hence smaller batches; the
+first version did that, see benchmarks/README.md.) The queue delay is capped likewise.
 """
 
 from __future__ import annotations
@@ -29,21 +31,27 @@ class AdaptiveBatchSize:
         self.limit = 1
         self.batch_time_s = 0.0  # moving average of one batch's inference time
 
-    def observe(self, rows: int, inference_s: float, oldest_latency_s: float) -> None:
-        """Learn from one finished batch: its rows, its inference time and its oldest request's latency.
+    @property
+    def batch_budget_s(self) -> float:
+        """The most one batch may take to process: half the SLO, in seconds."""
+        return self.slo_s / 2
 
-        Misses the SLO: limit *= backoff (at least 1). Meets it with a full batch (rows >= limit):
-        limit += step (at most max_batch_size). A batch below the limit teaches nothing about size.
+    def observe(self, rows: int, inference_s: float) -> None:
+        """Learn from one finished batch: its rows and the seconds its predict call took.
+
+        Over the batch budget: limit *= backoff (at least 1). Within it, with a full batch
+        (rows >= limit): limit += step (at most max_batch_size). A batch below the limit teaches
+        nothing about size.
         """
         self.batch_time_s = (
             inference_s if self.batch_time_s == 0 else 0.8 * self.batch_time_s + 0.2 * inference_s
         )
-        if oldest_latency_s > self.slo_s:
+        if inference_s > self.batch_budget_s:
             self.limit = max(1, int(self.limit * self.backoff))
         elif rows >= self.limit:
             self.limit = min(self.max_batch_size, self.limit + self.step)
 
     def queue_delay_s(self, configured_s: float) -> float:
-        """The longest a request may wait for its batch: the configured delay, capped so that the
-        wait plus a batch's recent inference time stays within the SLO."""
-        return max(0.0, min(configured_s, self.slo_s - self.batch_time_s))
+        """The longest a request may wait for its batch to fill: the configured delay, capped so that
+        the wait plus two recent batch times stays within the SLO."""
+        return max(0.0, min(configured_s, self.slo_s - 2 * self.batch_time_s))

@@ -199,7 +199,7 @@ class Batcher:
             return
         finished = time.monotonic()
         if self.adaptive is not None:
-            self.adaptive.observe(rows, finished - started, finished - batch[0].enqueued_at)
+            self.adaptive.observe(rows, finished - started)
         if self.observer is not None:
             waits = [started - pending.enqueued_at for pending in batch]
             self.observer.on_batch(rows, waits, finished - started)
