@@ -90,9 +90,8 @@ def server_command(server: str, model: str, artifact: Path, port: int, batch: in
         "--no-access-log",
     ]
     if server == "modelbay":
-        return modelbay_command(
-            artifact, port, "--name", model, "--max-batch-size", str(batch)
-        ), f"/predict/{model}"
+        flags = ("--name", model, "--max-batch-size", str(batch), "--max-queue-delay-ms", "5")
+        return modelbay_command(artifact, port, *flags), f"/predict/{model}"
     if server == "fastapi":
         return [*uvicorn, "fastapi_app:app"], "/predict"
     if server == "litserve":
@@ -340,7 +339,8 @@ def main() -> None:
             )
             for server in args.servers:
                 port = free_port()
-                command, path = server_command(server, model, artifact, port, int(best))
+                batch = min(int(best), args.connections)
+                command, path = server_command(server, model, artifact, port, batch)
                 url = f"http://127.0.0.1:{port}{path}"
                 with running(command, {"MODEL": model, "PORT": str(port)}, url, payload.read_bytes()):
                     wrk(url, payload, 2, args.connections)  # warm-up

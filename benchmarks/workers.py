@@ -2,10 +2,10 @@
 
     python benchmarks/workers.py               # ~1 minute
 
-Serves the MLP of benchmarks/models.py (compute-bound: ~1 ms per item) with `--workers 1` and
-`--workers 2`, unpinned, and drives each with wrk (64 connections). The machine has only 2 cores,
-so wrk shares them with the server; with this model its share is small (~1k requests/s), which is
-why a compute-bound model is used. Prints req/s, p50/p99 and the speed-up.
+Serves the digits CNN of benchmarks/models.py (request handling, not the model, bounds it: the
+case a second process helps) with `--workers 1` and `--workers 2`, unpinned, and drives each with
+wrk (64 connections). The machine has only 2 cores, so wrk shares them with the server: the
+speed-up is a lower bound. Prints req/s, p50/p99 and the speed-up.
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ def main() -> None:
     run.pin = lambda core: []  # type: ignore[assignment]  # both cores for the server, wrk alongside
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        artifact = export("mlp", Path(tmp))
+        artifact = export("digits", Path(tmp))
         payload = Path(tmp) / "body.json"
-        payload.write_bytes(body("mlp"))
+        payload.write_bytes(body("digits"))
         for workers in (1, 2):
             port = run.free_port()
             command = run.modelbay_command(
-                artifact, port, "--name", "mlp", "--max-batch-size", "64", "--workers", str(workers)
+                artifact, port, "--name", "digits", "--max-batch-size", "64", "--workers", str(workers)
             )
-            url = f"http://127.0.0.1:{port}/predict/mlp"
+            url = f"http://127.0.0.1:{port}/predict/digits"
             with run.running(command, {}, url, payload.read_bytes()):
                 run.wrk(url, payload, 3, 64)  # warm-up: every worker loaded and warm
                 rows.append((workers, run.wrk(url, payload, args.duration_s, 64)))
