@@ -283,15 +283,16 @@ def plot(rows: list[dict], path: Path) -> None:
     models = list(dict.fromkeys(r["model"] for r in rows))
     order = ("modelbay", "modelbay (binary)", "fastapi", "litserve", "bare-asgi", "in-process")
     servers = [s for s in order if any(r["server"] == s for r in rows)]
-    figure, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 4))
+    figure, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 4.5))
     for axis, model in zip(axes if len(models) > 1 else [axes], models, strict=True):
         values = [
             next((r["rps"] for r in rows if r["model"] == model and r["server"] == s), 0) for s in servers
         ]
         axis.bar(servers, values, color=["#2a7", "#1a5", "#888", "#a77", "#bbb", "#57a"][: len(servers)])
+        axis.set_yscale("log")  # the in-process limit of a tiny model is 1000x any server
         axis.set_title(model)
-        axis.set_ylabel("requests/s (in-process: items/s)")
-        axis.tick_params(axis="x", rotation=45)
+        axis.set_ylabel("requests/s (in-process: items/s), log")
+        axis.set_xticks(range(len(servers)), servers, rotation=40, ha="right")
     figure.suptitle("one core each, 64 connections (benchmarks/run.py)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -306,9 +307,15 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--in-process", metavar="MODEL", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--plot-only", action="store_true", help="redraw results/run.png from results/run.json"
+    )
     args = parser.parse_args()
     if args.in_process:
         print(json.dumps(in_process_limit(args.in_process)))
+        return
+    if args.plot_only:
+        plot(json.loads((RESULTS / "run.json").read_text()), RESULTS / "run.png")
         return
     if not shutil.which("wrk"):
         sys.exit("wrk is needed: apt-get install wrk")

@@ -1,4 +1,7 @@
-"""The HTTP door: an ASGI app (Starlette) that translates requests into Dataplane calls.
+"""The HTTP door: an ASGI app that translates requests into Dataplane calls.
+
+The two POST routes that carry predictions are served on raw ASGI (http/inference.py, for speed);
+Starlette serves the rest and runs the lifespan.
 
 Routes:
   POST /predict/{model}[/versions/{version}]        the simple door (image bytes, multipart, JSON)
