@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -139,3 +140,15 @@ def test_cli_predict_prints_labels_and_json(server: Server) -> None:
     )
     assert result.returncode == 1 and "missing.png" in result.stderr
     assert '"label": "1"' in result.stdout.splitlines()[0]
+
+
+def test_cli_predict_stops_quietly_when_its_reader_goes_away(server: Server) -> None:
+    command = shlex.join(
+        [str(Path(sys.executable).parent / "modelbay"), "predict", "digits", "--url", server.url]
+    )
+    files = " ".join(shlex.quote(str(SAMPLES / f"{digit}.png")) for digit in range(10))
+    result = subprocess.run(
+        f"{command} {files} | head -1", shell=True, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.count("\n") == 1 and result.stdout.startswith(str(SAMPLES / "0.png"))
+    assert "Traceback" not in result.stderr
