@@ -87,8 +87,10 @@ async def test_predict_returning_the_wrong_number_of_outputs_fails_the_batch() -
 
 async def test_full_queue_is_refused_at_once_with_overloaded() -> None:
     release = threading.Event()
+    inside = threading.Event()
 
     def slow(batch: list[int]) -> list[int]:
+        inside.set()
         release.wait(timeout=10)
         return batch
 
@@ -96,7 +98,7 @@ async def test_full_queue_is_refused_at_once_with_overloaded() -> None:
     batcher.start()
     try:
         running = asyncio.ensure_future(batcher.submit(0))
-        await asyncio.sleep(0.05)  # item 0 is now inside predict; the queue is empty
+        assert await asyncio.to_thread(inside.wait, 10)  # item 0 is inside predict; the queue is empty
         queued = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
         await asyncio.sleep(0)
         with pytest.raises(Overloaded, match=r"2 requests queued \(max_queue_size 2\)"):
@@ -110,9 +112,11 @@ async def test_full_queue_is_refused_at_once_with_overloaded() -> None:
 
 async def test_requests_whose_caller_has_gone_are_skipped() -> None:
     release = threading.Event()
+    inside = threading.Event()
     seen: list[int] = []
 
     def predict(batch: list[int]) -> list[int]:
+        inside.set()
         release.wait(timeout=10)
         seen.extend(batch)
         return batch
@@ -121,7 +125,7 @@ async def test_requests_whose_caller_has_gone_are_skipped() -> None:
     batcher.start()
     try:
         first = asyncio.ensure_future(batcher.submit(1))
-        await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(inside.wait, 10)
         abandoned = asyncio.ensure_future(batcher.submit(2))
         kept = asyncio.ensure_future(batcher.submit(3))
         await asyncio.sleep(0)
