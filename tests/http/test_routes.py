@@ -365,6 +365,8 @@ async def test_handler_folders(tmp_path: Path) -> None:
 async def test_openapi_document_and_docs_page(digits: httpx.AsyncClient) -> None:
     document = (await digits.get("/openapi.json")).json()
     assert document["openapi"] == "3.1.0"
-    assert {"/predict/{model}", "/v2/models/{model}/infer", "/v2/health/ready"} <= set(document["paths"])
+    assert {"/predict/{model}", "/v2/models/{model}/infer", "/v2/health/ready", "/metrics"} <= set(
+        document["paths"]
+    )
     page = await digits.get("/docs")
     assert page.status_code == 200 and "/v2/models/{model}/versions/{version}/infer" in page.text

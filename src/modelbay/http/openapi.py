@@ -216,6 +216,13 @@ def openapi_document() -> dict[str, Any]:
                 },
             }
         },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text exposition format)",
+                "tags": ["health"],
+                "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}},
+            }
+        },
         "/v2/health/live": _health("OIP server live"),
         "/v2/health/ready": _health("OIP server ready: every model is ready"),
     }
