@@ -10,7 +10,7 @@ For each model (benchmarks/models.py) and server, the server is pinned to core 0
              /predict/{model}), B = min(the model's best in-process batch size, connections): what an
              operator sets for this load (with 64 closed-loop clients, waiting a few ms for a full
              batch beats running half batches back to back). The same server is also driven with
-             the example as a raw tensor (OIP binary extension, /v2/models/M/infer)
+             raw tensors both ways (OIP binary extension, /v2/models/M/infer, binary_data_output)
   fastapi    the hand-written way: FastAPI + pydantic, one forward pass per request (servers/)
   litserve   LitServe with batching (max_batch_size 64, batch_timeout 1 ms)
   bare-asgi  an ASGI app on uvicorn that returns fixed JSON: the ceiling of the HTTP stack
@@ -160,7 +160,8 @@ def binary_body(model: str, url: str, folder: Path) -> tuple[Path, int]:
                     "datatype": "FP32",
                     "parameters": {"binary_data_size": len(raw)},
                 }
-            ]
+            ],
+            "parameters": {"binary_data_output": True},
         }
     ).encode()
     path = folder / f"{model}.bin"
