@@ -12,6 +12,7 @@ import torch
 from modelbay.errors import ModelLoadError
 from modelbay.loading import load_model
 from modelbay.loading.detect import Format, detect
+from tests.conftest import TINY_ARCH
 
 EXPECTED_FORMAT = {
     "torchscript": Format.TORCHSCRIPT,
@@ -179,3 +180,32 @@ def test_digits_artifacts_all_classify_held_out_digits() -> None:
         (logits,) = loaded.predictor.predict([[x]])[0]
         accuracy = float((logits.argmax(1) == labels).mean())
         assert accuracy >= 0.97, (artifact.name, accuracy)
+
+
+@pytest.mark.parametrize("prefix", ["model.", "module.", "net.backbone."])
+def test_checkpoints_of_training_wrappers_load_without_their_prefix(
+    prefix: str, tiny: torch.nn.Module, tiny_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Lightning saves `model.`-prefixed keys under "state_dict"; DataParallel saves `module.` ones."""
+    checkpoint = tmp_path / "last.ckpt"
+    state = {prefix + key: value for key, value in tiny.state_dict().items()}
+    torch.save(
+        {"epoch": 7, "global_step": 70, "pytorch-lightning_version": "2.4.0", "state_dict": state}, checkpoint
+    )
+    shutil.copy(tiny_files["state_dict"].parent / "tiny_arch.py", tmp_path / "tiny_arch.py")
+    loaded = load_model({"path": str(checkpoint), "arch": "tiny_arch:Tiny"})
+    loaded.predictor.setup(None)
+    x = np.ones((2, 4), np.float32)
+    (y,) = loaded.predictor.predict([[x]])[0]
+    np.testing.assert_allclose(y, tiny(torch.from_numpy(x)).detach().numpy(), rtol=1e-6)
+
+
+def test_a_prefix_that_does_not_make_every_key_fit_is_not_stripped(
+    tiny: torch.nn.Module, tmp_path: Path
+) -> None:
+    state = {"model." + key: value for key, value in tiny.state_dict().items()}
+    state["model.extra.weight"] = torch.zeros(1)
+    torch.save({"state_dict": state}, tmp_path / "odd.ckpt")
+    (tmp_path / "tiny_arch.py").write_text(TINY_ARCH)
+    with pytest.raises(ModelLoadError, match="does not fit tiny_arch:Tiny: missing keys"):
+        load_model({"path": str(tmp_path / "odd.ckpt"), "arch": "tiny_arch:Tiny"})

@@ -35,6 +35,7 @@ def runner_from_state_dict(
         raise ModelLoadError(f"cannot build {config.arch}(**{config.arch_kwargs}): {exc}") from exc
     if not isinstance(module, torch.nn.Module):
         raise ModelLoadError(f"{config.arch} built a {type(module).__name__}, not a torch.nn.Module")
+    state = _without_wrapper_prefix(state, set(module.state_dict()))
     try:
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
@@ -46,3 +47,22 @@ def runner_from_state_dict(
         )
     module.eval()
     return TorchRunner(module, "pytorch_state_dict", signature_inputs(module))
+
+
+def _without_wrapper_prefix(
+    state: Mapping[str, torch.Tensor], expected: set[str]
+) -> Mapping[str, torch.Tensor]:
+    """`state` with a common key prefix removed when that makes its keys exactly `expected`.
+
+    Training wrappers save the network under an attribute: Lightning modules as "model.conv1.weight",
+    DataParallel / DistributedDataParallel as "module.conv1.weight". Keys that already fit, or that
+    no single prefix makes fit, are returned as they are (and reported by the caller).
+    """
+    if set(state) == expected or not state:
+        return state
+    first = next(iter(state))
+    for end in (i for i, char in enumerate(first) if char == "."):
+        prefix = first[: end + 1]
+        if all(key.startswith(prefix) for key in state) and {key[len(prefix) :] for key in state} == expected:
+            return {key[len(prefix) :]: value for key, value in state.items()}
+    return state
