@@ -105,7 +105,9 @@ def test_predict_through_the_simple_door(server: Server) -> None:
     with Client(server.url) as client:
         assert client.predict("digits", SAMPLES / "5.png")[0]["label"] == "5"
         assert client.predict("digits", (SAMPLES / "6.png").read_bytes())[0]["label"] == "6"
-        assert client.predict("echo", "text")  # a str goes as {"input": "text"}
+        # A str travels as {"input": "text"}: the image model reads it as base64 (3 bytes), no image.
+        with pytest.raises(InvalidInput, match="could not decode an image from 3 bytes"):
+            client.predict("digits", "text")
     with Client(f"grpc://127.0.0.1:{server.settings.grpc_port}") as grpc_client, pytest.raises(ModelbayError):
         grpc_client.predict("digits", b"")
 
