@@ -267,15 +267,13 @@ def serve(
     when the model cannot be loaded.
     """
     batching = BatchingConfig(max_batch_size, max_queue_delay_ms, max_queue_size)
-    server = Server(Settings(host=host, port=port, grpc_port=grpc_port))
+    listen = {"host": host, "port": port, "grpc_port": grpc_port}
     if model is None or isinstance(model, str | Path):
-        path = str(model or DEFAULT_MODEL)
-        overrides = {"path": path, "batching": msgspec.to_builtins(batching)}
+        entry = {"path": str(model or DEFAULT_MODEL), "batching": msgspec.to_builtins(batching)}
         if name is not None:
-            overrides["name"] = name
-        server.settings = Settings.load(
-            overrides={"host": host, "port": port, "grpc_port": grpc_port, "models": [overrides]}
-        )
+            entry["name"] = name
+        server = Server(Settings.load(overrides={**listen, "models": [entry]}))
     else:
+        server = Server(Settings.load(overrides=listen))
         server.add_model(name or "model", model, example=example, batching=batching)
     server.run()

@@ -171,7 +171,7 @@ class Client(_Base):
         """
         if self.transport != "http":
             raise ModelbayError("predict uses the HTTP simple door; over gRPC, call infer")
-        path = f"/predict/{model}" + (f"/versions/{version}" if version else "")
+        path = _rest.predict_path(model, version)
         response = self._http.post(path, **_rest.predict_request(data))
         _rest.raise_for_status(response.status_code, response.headers, response.content)
         return response.json()["predictions"]
@@ -278,7 +278,7 @@ class AsyncClient(_Base):
         """The simple door (see Client.predict)."""
         if self.transport != "http":
             raise ModelbayError("predict uses the HTTP simple door; over gRPC, call infer")
-        path = f"/predict/{model}" + (f"/versions/{version}" if version else "")
+        path = _rest.predict_path(model, version)
         response = await self._http.post(path, **_rest.predict_request(data))
         _rest.raise_for_status(response.status_code, response.headers, response.content)
         return response.json()["predictions"]

@@ -39,6 +39,11 @@ def model_path(model: str, version: str | None) -> str:
     return f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
 
 
+def predict_path(model: str, version: str | None) -> str:
+    """`/predict/{model}[/versions/{version}]`."""
+    return f"/predict/{model}" + (f"/versions/{version}" if version else "")
+
+
 def infer_body(
     inputs: dict[str, np.ndarray], outputs: list[str] | None, binary: bool, request_id: str | None
 ) -> tuple[bytes, dict[str, str]]:

@@ -8,8 +8,6 @@ dict, the body is read straight from `receive`, and the answer is sent as two AS
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
@@ -22,7 +20,6 @@ from modelbay.runtime.dataplane import Dataplane
 
 BINARY_HEADER = "inference-header-content-length"
 _JSON = [(b"content-type", b"application/json")]
-Handler = Callable[[Scope, Receive, Send, str, str | None], Awaitable[None]]
 
 
 def match(path: str) -> tuple[str, str, str | None] | None:
