@@ -136,6 +136,7 @@ class ModelbayApp:
         self.inference = inference
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry: a hot route to InferenceRoutes (405 unless POST), the rest to Starlette."""
         if scope["type"] == "http":
             route = match(scope["path"])
             if route is not None:

@@ -53,6 +53,7 @@ class InferenceRoutes:
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, route: tuple[str, str, str | None]
     ) -> None:
+        """Answer one request on a hot route; `route` is what `match` returned for its path."""
         kind, model, version = route
         headers = header_dict(scope)
         try:
