@@ -30,6 +30,7 @@ from modelbay.loading.runner import TorchRunner, example_inputs, signature_input
 from modelbay.predictor import Predictor
 from modelbay.registry.registry import ModelRegistry, ServedModel
 from modelbay.runtime.dataplane import Dataplane
+from modelbay.runtime.process import own_process
 from modelbay.settings import BatchingConfig, CacheConfig, ModelConfig, Settings
 from modelbay.tasks.tensor import TensorPredictor
 
@@ -166,9 +167,7 @@ class Server:
     def run(self) -> None:
         """Load, listen and serve until SIGINT/SIGTERM (Ctrl-C), then shut down gracefully. Blocks."""
         self._uvicorn = self._uvicorn_server()
-        # This process is the server's: collect the youngest generation less often, since each
-        # request allocates a few short-lived objects (gen-0 700 -> 10,000 allocations).
-        gc.set_threshold(10_000, *gc.get_threshold()[1:])
+        own_process()
         # uvicorn re-raises the captured Ctrl-C after its graceful shutdown; that is a normal end here.
         with contextlib.suppress(KeyboardInterrupt):
             self._uvicorn.run()
@@ -245,6 +244,7 @@ def worker_app() -> ModelbayApp:
     server = Server(settings)
     server.load()
     server.tune_process()
+    own_process()
     return server.app()
 
 

@@ -144,3 +144,24 @@ async def test_delay_zero_batches_what_is_queued_while_the_model_is_busy() -> No
     results = await run_all(batcher, list(range(10)))
     assert results == [x * x for x in range(10)]
     assert len(predict.batches) < 10
+
+
+async def test_a_full_batch_runs_at_once_without_waiting_out_the_queue_delay() -> None:
+    predict = Recorder()
+    batcher = Batcher(predict, BatchingConfig(max_batch_size=4, max_queue_delay_ms=60_000))
+    results = await asyncio.wait_for(run_all(batcher, [1, 2, 3, 4]), timeout=10)
+    assert results == [1, 4, 9, 16]
+    assert predict.batches == [[1, 2, 3, 4]]
+
+
+async def test_the_queue_delay_closes_a_partial_batch_and_late_arrivals_form_the_next() -> None:
+    predict = Recorder()
+    batcher = Batcher(predict, BatchingConfig(max_batch_size=8, max_queue_delay_ms=20))
+    batcher.start()
+    try:
+        first = [asyncio.ensure_future(batcher.submit(x)) for x in (1, 2, 3)]
+        assert await asyncio.wait_for(asyncio.gather(*first), timeout=10) == [1, 4, 9]
+        assert await asyncio.wait_for(batcher.submit(5), timeout=10) == 25
+    finally:
+        await batcher.stop()
+    assert predict.batches == [[1, 2, 3], [5]]

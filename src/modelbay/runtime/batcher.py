@@ -78,7 +78,10 @@ class Batcher:
         )
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_rows = 0
-        self._wakeup = asyncio.Event()
+        # The loop sleeps on `_waiter` until `_wake_at_rows` rows are queued (1 when idle, the batch
+        # limit while a batch fills) or a timer fires: one check per arrival, no Task per arrival.
+        self._waiter: asyncio.Future[None] | None = None
+        self._wake_at_rows = 1
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -130,14 +133,15 @@ class Batcher:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(item, rows, future, time.monotonic()))
         self._queued_rows += rows
-        self._wakeup.set()
+        waiter = self._waiter
+        if waiter is not None and self._queued_rows >= self._wake_at_rows and not waiter.done():
+            waiter.set_result(None)
         return await future
 
     async def _loop(self) -> None:
         while True:
             if not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                await self._sleep(1, None)
                 continue
             await self._wait_for_batch()
             batch = self._take_batch()
@@ -154,16 +158,23 @@ class Batcher:
         delay_s = self.config.max_queue_delay_ms / 1000
         if self.adaptive is not None:
             delay_s = self.adaptive.queue_delay_s(delay_s)
-        deadline = self._queue[0].enqueued_at + delay_s
-        while self._queued_rows < self.batch_limit:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return
+        limit = self.batch_limit
+        remaining = self._queue[0].enqueued_at + delay_s - time.monotonic()
+        if self._queued_rows < limit and remaining > 0:
+            await self._sleep(limit, remaining)
+
+    async def _sleep(self, rows: int, timeout_s: float | None) -> None:
+        """Wait until `rows` rows are queued, or `timeout_s` seconds have passed (None: no limit)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _wake, waiter)
+        self._waiter, self._wake_at_rows = waiter, rows
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     def _take_batch(self) -> list[_Pending]:
         """Pop queued requests up to max_batch_size rows, dropping those whose caller has gone."""
@@ -232,6 +243,11 @@ class Batcher:
         self.stats.failed += 1
         if not pending.future.done():
             pending.future.set_exception(model_failure(self.name, exc))
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def model_failure(model: str, exc: Exception) -> ModelbayError:
