@@ -14,18 +14,68 @@ tune batching:
 
 Model labels only ever name served models; a request for an unknown model is counted under
 model="" so a client cannot grow the label set.
+
+With `--workers N` each process writes its values to files in a shared folder
+(`PROMETHEUS_MULTIPROC_DIR`, prometheus-client's multiprocess mode, set up by
+`modelbay.server.run_workers`), and whichever worker answers a scrape reports the sum over all of
+them: counters and histograms add up across workers, including workers that have exited; the
+queue depth is each live worker's, summed, as of its last batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def shared_folder() -> Iterator[Path]:
+    """Where worker processes started inside this block write their metrics (sets PROMETHEUS_MULTIPROC_DIR).
+
+    A folder the user named in PROMETHEUS_MULTIPROC_DIR is used, its `*.db` files from an earlier
+    run removed first (prometheus-client's docs: wipe it between runs); otherwise a new temporary
+    folder, deleted at the end. Workers must be started (spawned) after this is entered.
+    """
+    named = os.environ.get(MULTIPROC_DIR)
+    folder = Path(named) if named else Path(tempfile.mkdtemp(prefix="modelbay-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROC_DIR] = str(folder)
+    try:
+        yield folder
+    finally:
+        if not named:
+            os.environ.pop(MULTIPROC_DIR, None)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def multiprocess_mode() -> bool:
+    """True when prometheus-client keeps values in PROMETHEUS_MULTIPROC_DIR's files (the variable was
+    set before prometheus-client was first imported in this process)."""
+    return values.ValueClass is not values.MutexValue
 
 
 class Metrics:
@@ -65,7 +115,11 @@ class Metrics:
             "modelbay_batch_size", "Rows per batch.", labels, buckets=BATCH_BUCKETS, registry=self.registry
         )
         self.queue_depth = Gauge(
-            "modelbay_queue_depth", "Requests waiting to be batched.", labels, registry=self.registry
+            "modelbay_queue_depth",
+            "Requests waiting to be batched.",
+            labels,
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.cache = Counter(
             "modelbay_cache_requests",
@@ -75,12 +129,22 @@ class Metrics:
         )
 
     def for_model(self, model: str, version: str, queue_depth: Callable[[], float]) -> ModelMetrics:
-        """Label-bound collectors for one model version; `queue_depth` is read at each scrape."""
+        """Label-bound collectors for one model version; `queue_depth` is read at each scrape (in
+        multiprocess mode, after each batch)."""
         return ModelMetrics(self, model, version, queue_depth)
 
     def render(self) -> bytes:
-        """The registry in the Prometheus text exposition format."""
-        return generate_latest(self.registry)
+        """The registry in the Prometheus text exposition format; in multiprocess mode, every worker's."""
+        if not multiprocess_mode():
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)
+
+    def close(self) -> None:
+        """This process stops serving: in multiprocess mode its live gauges leave the sum."""
+        if multiprocess_mode():
+            multiprocess.mark_process_dead(os.getpid())
 
 
 class ModelMetrics:
@@ -100,7 +164,13 @@ class ModelMetrics:
         }
         self.cache_hit = metrics.cache.labels(model, version, "hit")
         self.cache_miss = metrics.cache.labels(model, version, "miss")
-        metrics.queue_depth.labels(model, version).set_function(queue_depth)
+        depth = metrics.queue_depth.labels(model, version)
+        # A function is read at scrape time, in this process only; workers write a value instead.
+        self._depth: Callable[[], None] | None = None
+        if multiprocess_mode():
+            self._depth = lambda: depth.set(queue_depth())
+        else:
+            depth.set_function(queue_depth)
 
     def on_batch(self, rows: int, queue_waits_s: list[float], inference_s: float) -> None:
         """Record one batch: its rows, each request's queue wait and the predict call's time (seconds)."""
@@ -108,6 +178,8 @@ class ModelMetrics:
         self._inference.observe(inference_s)
         for wait in queue_waits_s:
             self._queue_wait.observe(wait)
+        if self._depth is not None:
+            self._depth()
 
     def on_request(self, door: str, duration_s: float, error: BaseException | None) -> None:
         """Record one request's time in the dataplane and its outcome."""

@@ -27,6 +27,7 @@ from modelbay.grpc.servicer import create_grpc_server
 from modelbay.http.app import ModelbayApp, create_app
 from modelbay.loading import LoadedModel, load_model
 from modelbay.loading.runner import TorchRunner, example_inputs, signature_inputs
+from modelbay.metrics import shared_folder
 from modelbay.predictor import Predictor
 from modelbay.registry.registry import ModelRegistry, ServedModel
 from modelbay.runtime.dataplane import Dataplane
@@ -226,16 +227,17 @@ def run_workers(settings: Settings) -> None:
     listens (the CLI does).
     """
     os.environ[WORKER_SETTINGS] = msgspec.json.encode(settings).decode()
-    uvicorn.run(
-        f"{__name__}:worker_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        access_log=False,
-        proxy_headers=False,
-    )
+    with shared_folder():  # /metrics of any worker reports all of them (modelbay/metrics.py)
+        uvicorn.run(
+            f"{__name__}:worker_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level,
+            access_log=False,
+            proxy_headers=False,
+        )
 
 
 def worker_app() -> ModelbayApp:

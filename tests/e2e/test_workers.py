@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from modelbay.client import Client
-from tests.conftest import free_port, modelbay_serve
+from tests.conftest import free_port, modelbay_serve, sample
 
 ROW = [0.5, -1.0, 2.0, 0.0]
 
@@ -50,3 +50,20 @@ def test_workers_do_not_start_when_a_model_cannot_load(tiny_files: dict[str, Pat
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "pass --arch" in result.stderr
+
+
+def test_metrics_of_any_worker_count_the_requests_of_all(tiny_files: dict[str, Path]) -> None:
+    requests = 60
+    with modelbay_serve(str(tiny_files["exported"]), "--workers", "2") as url:
+
+        def ask(_: int) -> int:
+            # A new connection per request: the kernel hands each to whichever worker accepts it.
+            return httpx.post(f"{url}/predict/tiny", json={"input": ROW}, timeout=30).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(ask, range(requests))) == {200}
+        for _ in range(6):  # each scrape lands on either worker; every one must see all requests
+            text = httpx.get(f"{url}/metrics", timeout=30).text
+            labels = {"model": "tiny", "version": "1", "door": "predict"}
+            assert sample(text, "modelbay_requests_total", **labels, status="success") == requests
+            assert sample(text, "modelbay_request_duration_seconds_count", **labels) == requests

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import re
 
 import pytest
 import torch
 
 from modelbay.server import Server
 from modelbay.settings import BatchingConfig, CacheConfig
-from tests.conftest import asgi_client
+from tests.conftest import asgi_client, sample
 
 pytestmark = pytest.mark.anyio
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of the sample `name{labels}` in a Prometheus text exposition (0 if absent)."""
-    for line in text.splitlines():
-        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
-        if match and all(f'{key}="{value}"' in match.group(1) for key, value in labels.items()):
-            return float(match.group(2))
-    return 0.0
 
 
 async def test_metrics_count_requests_batches_and_cache() -> None:

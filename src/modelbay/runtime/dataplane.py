@@ -56,6 +56,7 @@ class Dataplane:
         for model in self.registry:
             model.ready = False
         await asyncio.gather(*(model.batcher.stop() for model in self.registry))
+        self.metrics.close()
 
     def live(self) -> bool:
         """OIP server live: the process can answer. Always True while it can answer at all."""
