@@ -17,7 +17,6 @@ import numpy as np
 from modelbay import __version__
 from modelbay.errors import InvalidInput, ModelNotReady
 from modelbay.metrics import Metrics
-from modelbay.predictor import Predictor
 from modelbay.registry.registry import ModelRegistry, ServedModel
 from modelbay.runtime.batcher import model_failure
 from modelbay.runtime.cache import request_key
@@ -162,20 +161,26 @@ def _depth(model: ServedModel) -> Callable[[], float]:
 
 async def _infer(model: ServedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     predictor = model.predictor
-    item = await _call(model, predictor, predictor.decode_tensors, inputs)
+    in_thread = predictor.preprocess_in_thread  # else no coroutine per hook on the hot path
+    decode, encode = predictor.decode_tensors, predictor.encode_tensors
+    item = await _call(model, decode, inputs) if in_thread else _hook(model, decode, inputs)
     output = await model.batcher.submit(item)
-    outputs: dict[str, np.ndarray] = await _call(model, predictor, predictor.encode_tensors, output)
+    outputs: dict[str, np.ndarray] = (
+        await _call(model, encode, output) if in_thread else _hook(model, encode, output)
+    )
     return outputs
 
 
 async def _predict(model: ServedModel, examples: list[Any]) -> list[Any]:
     predictor = model.predictor
-    items = [await _call(model, predictor, predictor.preprocess, example) for example in examples]
+    in_thread = predictor.preprocess_in_thread
+    pre, post = predictor.preprocess, predictor.postprocess
+    items = [await _call(model, pre, x) if in_thread else _hook(model, pre, x) for x in examples]
     if len(items) == 1:  # the common case: no gather, no extra Task per request
         outputs = [await model.batcher.submit(items[0])]
     else:
         outputs = await asyncio.gather(*(model.batcher.submit(item) for item in items))
-    return [await _call(model, predictor, predictor.postprocess, output) for output in outputs]
+    return [await _call(model, post, y) if in_thread else _hook(model, post, y) for y in outputs]
 
 
 async def _cached(model: ServedModel, key: bytes, compute: Callable[[], Awaitable[Any]]) -> Any:
@@ -185,14 +190,15 @@ async def _cached(model: ServedModel, key: bytes, compute: Callable[[], Awaitabl
     return value
 
 
-async def _call(model: ServedModel, predictor: Predictor, hook: Callable[[Any], Any], arg: Any) -> Any:
-    """Run a per-request predictor hook, off the event loop when the predictor asks for it.
+async def _call(model: ServedModel, hook: Callable[[Any], Any], arg: Any) -> Any:
+    """Run a per-request predictor hook off the event loop (the predictor's `preprocess_in_thread`)."""
+    return await asyncio.to_thread(_hook, model, hook, arg)
 
-    A ModelbayError from the hook passes through; anything else is the model's failure (500).
-    """
+
+def _hook(model: ServedModel, hook: Callable[[Any], Any], arg: Any) -> Any:
+    """Run a per-request predictor hook. A ModelbayError from it passes through; anything else is
+    the model's failure (500)."""
     try:
-        if predictor.preprocess_in_thread:
-            return await asyncio.to_thread(hook, arg)
         return hook(arg)
     except Exception as exc:
         failure = model_failure(model.name, exc)
