@@ -1,7 +1,7 @@
 """modelbay against the usual ways to serve a model, side by side in one run, on one core each.
 
-    python benchmarks/run.py                                # all models, all servers (~8 minutes)
-    python benchmarks/run.py --models linear --duration-s 5
+    python benchmarks/run.py                                # all models and servers, 2 rounds (~20 min)
+    python benchmarks/run.py --models linear --duration-s 5 --rounds 1
 
 For each model (benchmarks/models.py) and server, the server is pinned to core 0 (`taskset`) and
 `wrk` (Debian's package; compiled, so the client is not the bottleneck) drives it from core 1 with
