@@ -1,21 +1,25 @@
 """Adaptive batching against an SLO under a load ramp, beside a sweep of fixed batch sizes, one run.
 
-    python benchmarks/adaptive.py              # ~4 minutes
+    python benchmarks/adaptive.py              # ~6 minutes
 
 Serves the MLP of benchmarks/models.py pinned to core 0, once per setting: fixed max_batch_size
-1, 8, 32 and 64 (queue delay 0), and adaptive (`slo_ms: 100`, max_batch_size 64). For each, wrk on
-core 1 ramps the load: 8, 32 and 64 connections (closed loop), --duration-s each. Prints req/s and
-p99 per stage and setting, and whether the adaptive setting kept p99 under the SLO and its
-throughput within 10% of the best fixed setting at that stage.
+1, 8, 32 and 64 (queue delay 0), 32 and 64 with a 5 ms queue delay, and adaptive (`slo_ms: 100`,
+max_batch_size 64). For each, wrk on
+core 1 ramps the load: 8, 32 and 64 connections (closed loop), --duration-s each. Prints req/s,
+p99 and the mean batch (rows, from /metrics) per stage and setting, and whether the adaptive
+setting kept p99 under the SLO and its throughput within 10% of the best fixed setting there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
+
+import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -29,8 +33,18 @@ SETTINGS = {
     "fixed 8": "batching: {max_batch_size: 8}\n",
     "fixed 32": "batching: {max_batch_size: 32}\n",
     "fixed 64": "batching: {max_batch_size: 64}\n",
+    "fixed 32, delay 5 ms": "batching: {max_batch_size: 32, max_queue_delay_ms: 5}\n",
+    "fixed 64, delay 5 ms": "batching: {max_batch_size: 64, max_queue_delay_ms: 5}\n",
     f"adaptive (slo_ms {SLO_MS:g})": f"batching: {{max_batch_size: 64, slo_ms: {SLO_MS}}}\n",
 }
+
+
+def batches(port: int) -> tuple[float, float]:
+    """(batches run, rows in them) so far, from the server's /metrics (modelbay_batch_size)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    count = sum(float(v) for v in re.findall(r"^modelbay_batch_size_count\{.*\} (\S+)$", text, re.M))
+    rows = sum(float(v) for v in re.findall(r"^modelbay_batch_size_sum\{.*\} (\S+)$", text, re.M))
+    return count, rows
 
 
 def main() -> None:
@@ -53,13 +67,21 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}/predict/mlp"
             with running(command, {}, url, payload.read_bytes()):
                 wrk(url, payload, 2, STAGES[0])  # warm-up
-                results[label] = {c: wrk(url, payload, args.duration_s, c) for c in STAGES}
+                results[label] = {}
+                for c in STAGES:
+                    before = batches(port)
+                    results[label][c] = wrk(url, payload, args.duration_s, c)
+                    after = batches(port)
+                    results[label][c]["mean_batch"] = (after[1] - before[1]) / max(1.0, after[0] - before[0])
             print(label, json.dumps({c: round(r["rps"]) for c, r in results[label].items()}), file=sys.stderr)
     adaptive = next(label for label in SETTINGS if label.startswith("adaptive"))
-    print("| setting | " + " | ".join(f"{c} connections: req/s, p99 ms" for c in STAGES) + " |")
+    print("| setting | " + " | ".join(f"{c} connections: req/s, p99 ms, mean batch" for c in STAGES) + " |")
     print("|---|" + "---|" * len(STAGES))
     for label, stages in results.items():
-        cells = [f"{stages[c]['rps']:.0f}, {stages[c]['p99_ms']:.1f}" for c in STAGES]
+        cells = [
+            f"{stages[c]['rps']:.0f}, {stages[c]['p99_ms']:.1f}, {stages[c]['mean_batch']:.1f}"
+            for c in STAGES
+        ]
         print(f"| {label} | " + " | ".join(cells) + " |")
     print()
     for c in STAGES:

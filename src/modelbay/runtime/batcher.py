@@ -23,6 +23,9 @@ from modelbay.settings import BatchingConfig
 
 log = logging.getLogger("modelbay.batcher")
 
+# Under an SLO, a batch below the limit stays open while requests arrive at most this far apart.
+ARRIVAL_GAP_S = 0.001
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -76,6 +79,7 @@ class Batcher:
         self.adaptive = (
             AdaptiveBatchSize(config.slo_ms, config.max_batch_size) if config.slo_ms is not None else None
         )
+        self.arrival_gap_s = ARRIVAL_GAP_S
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_rows = 0
         # The loop sleeps on `_waiter` until `_wake_at_rows` rows are queued (1 when idle, the batch
@@ -162,6 +166,28 @@ class Batcher:
         remaining = self._queue[0].enqueued_at + delay_s - time.monotonic()
         if self._queued_rows < limit and remaining > 0:
             await self._sleep(limit, remaining)
+        if self.adaptive is not None:
+            await self._gather_stream(limit)
+
+    async def _gather_stream(self, limit: int) -> None:
+        """Under an SLO, keep a short batch open while requests keep arriving, within the SLO's slack.
+
+        The additive increase grows the limit only on full batches. Closed-loop clients can settle
+        into two halves that take turns, neither ever filling a batch: the limit then stays at half
+        the clients and throughput with it (benchmarks/README.md). Waiting while the other half
+        streams back in (no gap longer than `arrival_gap_s`) merges them; a quiet gap, a full batch
+        or the slack (SLO minus two batch times, counted from the oldest request) closes it.
+        """
+        assert self.adaptive is not None
+        deadline = self._queue[0].enqueued_at + self.adaptive.queue_delay_s(self.adaptive.slo_s)
+        while self._queued_rows < limit:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            before = self._queued_rows
+            await self._sleep(limit, min(self.arrival_gap_s, remaining))
+            if self._queued_rows == before:
+                return
 
     async def _sleep(self, rows: int, timeout_s: float | None) -> None:
         """Wait until `rows` rows are queued, or `timeout_s` seconds have passed (None: no limit)."""
