@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 from pathlib import Path
 
-import httpx
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from models import body, export  # noqa: E402
-from run import free_port, modelbay_command, running, wrk  # noqa: E402
+from run import free_port, metric, modelbay_command, running, wrk  # noqa: E402
 
 SLO_MS = 100.0
 STAGES = (8, 32, 64)
@@ -41,10 +38,7 @@ SETTINGS = {
 
 def batches(port: int) -> tuple[float, float]:
     """(batches run, rows in them) so far, from the server's /metrics (modelbay_batch_size)."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
-    count = sum(float(v) for v in re.findall(r"^modelbay_batch_size_count\{.*\} (\S+)$", text, re.M))
-    rows = sum(float(v) for v in re.findall(r"^modelbay_batch_size_sum\{.*\} (\S+)$", text, re.M))
-    return count, rows
+    return metric(port, "modelbay_batch_size_count"), metric(port, "modelbay_batch_size_sum")
 
 
 def main() -> None:

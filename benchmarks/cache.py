@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from models import export  # noqa: E402
-from run import free_port, modelbay_command, running, wrk  # noqa: E402
+from run import free_port, metric, modelbay_command, running, wrk  # noqa: E402
 
 DISTINCT = 1000
 EXPONENT = 1.1
@@ -75,15 +73,8 @@ def main() -> None:
             with running(command, {}, url, probe):
                 wrk(url, script, 2, 64, script=script)  # warm-up (also fills the cache)
                 result = wrk(url, script, args.duration_s, 64, script=script)
-                metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-            hits = sum(
-                float(v)
-                for v in re.findall(r'modelbay_cache_requests_total\{.*result="hit".*\} (\S+)', metrics)
-            )
-            misses = sum(
-                float(v)
-                for v in re.findall(r'modelbay_cache_requests_total\{.*result="miss".*\} (\S+)', metrics)
-            )
+                hits = metric(port, "modelbay_cache_requests_total", result="hit")
+                misses = metric(port, "modelbay_cache_requests_total", result="miss")
             rate = hits / (hits + misses) if hits + misses else 0.0
             rows.append((label, result, rate))
     base = rows[0][1]["rps"]

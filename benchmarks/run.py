@@ -42,6 +42,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -136,6 +137,21 @@ def running(command: list[str], env: dict[str, str], url: str, payload: bytes) -
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    """The sum of the samples `name{labels...}` (labels: a subset to match) in the /metrics of the
+    server on `port`, parsed by prometheus-client; 0.0 when there are none."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    return (
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
+        + 0.0
+    )
 
 
 def write_script(payload_file: Path, header_length: int | None) -> Path:

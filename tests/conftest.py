@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import httpx
 import msgspec
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelbay.server import Server
 from modelbay.settings import Settings
@@ -156,9 +156,10 @@ def anyio_backend() -> str:
 
 
 def sample(text: str, name: str, **labels: str) -> float:
-    """The value of the sample `name{labels}` in a Prometheus text exposition (0 if absent)."""
-    for line in text.splitlines():
-        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
-        if match and all(f'{key}="{value}"' in match.group(1) for key, value in labels.items()):
-            return float(match.group(2))
+    """The value of the sample `name{labels}` in a Prometheus text exposition (0 if absent); `labels`
+    may be a subset of the sample's. Parsed by prometheus-client."""
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and labels.items() <= found.labels.items():
+                return float(found.value)
     return 0.0
