@@ -167,33 +167,31 @@ async def test_the_queue_delay_closes_a_partial_batch_and_late_arrivals_form_the
     assert predict.batches == [[1, 2, 3], [5]]
 
 
+async def two_waves(batcher: Batcher, first: list[int], late: list[int]) -> list[Any]:
+    """Submit `first`, let the batcher wait on them for 50 ms, submit `late`; every output in order."""
+    batcher.start()
+    try:
+        waves = [asyncio.ensure_future(batcher.submit(x)) for x in first]
+        await asyncio.sleep(0.05)
+        waves += [asyncio.ensure_future(batcher.submit(x)) for x in late]
+        return await asyncio.wait_for(asyncio.gather(*waves), timeout=10)
+    finally:
+        await batcher.stop()
+
+
 async def test_under_an_slo_a_short_batch_stays_open_while_requests_keep_arriving() -> None:
     # Two halves of closed-loop clients taking turns would otherwise never fill a batch.
     predict = Recorder()
     batcher = Batcher(predict, BatchingConfig(max_batch_size=8, slo_ms=60_000))
     assert batcher.adaptive is not None
     batcher.adaptive.limit = 8
-    batcher.arrival_gap_s = 0.5  # generous: arrivals below are microseconds apart
-    batcher.start()
-    try:
-        first = [asyncio.ensure_future(batcher.submit(x)) for x in (1, 2)]
-        await asyncio.sleep(0.05)  # the batcher is waiting with 2 of 8 rows
-        late = [asyncio.ensure_future(batcher.submit(x)) for x in (3, 4, 5)]
-        assert await asyncio.wait_for(asyncio.gather(*first, *late), timeout=10) == [1, 4, 9, 16, 25]
-    finally:
-        await batcher.stop()
+    batcher.arrival_gap_s = 0.5  # generous: the two waves are 50 ms apart
+    assert await two_waves(batcher, [1, 2], [3, 4, 5]) == [1, 4, 9, 16, 25]
     assert predict.batches == [[1, 2, 3, 4, 5]]
 
 
 async def test_without_an_slo_a_short_batch_runs_once_its_queue_delay_is_over() -> None:
     predict = Recorder()
     batcher = Batcher(predict, BatchingConfig(max_batch_size=8, max_queue_delay_ms=0))
-    batcher.start()
-    try:
-        first = [asyncio.ensure_future(batcher.submit(x)) for x in (1, 2)]
-        await asyncio.sleep(0.05)
-        late = [asyncio.ensure_future(batcher.submit(x)) for x in (3, 4, 5)]
-        assert await asyncio.wait_for(asyncio.gather(*first, *late), timeout=10) == [1, 4, 9, 16, 25]
-    finally:
-        await batcher.stop()
+    assert await two_waves(batcher, [1, 2], [3, 4, 5]) == [1, 4, 9, 16, 25]
     assert predict.batches[0] == [1, 2]
