@@ -58,8 +58,11 @@ class Batcher:
     rows:    rows an item adds to a batch (`Predictor.rows`).
     name:    model name, for log lines and error messages.
     A batch closes when it holds `max_batch_size` rows, or when its oldest request has waited
-    `max_queue_delay_ms`, or (delay 0) as soon as the queue is empty. While one batch runs, new
-    requests queue up, so batches grow with load. Timing uses `time.monotonic()`.
+    `max_queue_delay_ms`, or (delay 0) as soon as the queue is empty. With `slo_ms` the row limit
+    is the adaptive one (runtime/adaptive.py), the delay is capped by the SLO, and a batch below
+    the limit stays open while requests keep arriving at most `arrival_gap_s` (1 ms) apart,
+    within the SLO's slack. While one batch runs, new requests queue up, so batches grow with
+    load. Timing uses `time.monotonic()`; seconds throughout.
     """
 
     def __init__(
