@@ -167,10 +167,15 @@ async def test_the_queue_delay_closes_a_partial_batch_and_late_arrivals_form_the
     assert predict.batches == [[1, 2, 3], [5]]
 
 
-async def two_waves(batcher: Batcher, first: list[int], late: list[int]) -> list[Any]:
-    """Submit `first`, let the batcher wait on them for 50 ms, submit `late`; every output in order."""
+async def two_waves(
+    batcher: Batcher, first: list[int], late: list[int], answered: list[int] | None = None
+) -> list[Any]:
+    """Run `answered` as one batch (clients the batcher then expects back), submit `first`, let the
+    batcher wait on them for 50 ms, submit `late`; the outputs of `first` and `late` in order."""
     batcher.start()
     try:
+        if answered:
+            await asyncio.wait_for(asyncio.gather(*(batcher.submit(x) for x in answered)), timeout=10)
         waves = [asyncio.ensure_future(batcher.submit(x)) for x in first]
         await asyncio.sleep(0.05)
         waves += [asyncio.ensure_future(batcher.submit(x)) for x in late]
@@ -186,8 +191,20 @@ async def test_under_an_slo_a_short_batch_stays_open_while_requests_keep_arrivin
     assert batcher.adaptive is not None
     batcher.adaptive.limit = 8
     batcher.arrival_gap_s = 0.5  # generous: the two waves are 50 ms apart
-    assert await two_waves(batcher, [1, 2], [3, 4, 5]) == [1, 4, 9, 16, 25]
-    assert predict.batches == [[1, 2, 3, 4, 5]]
+    # the last batch answered five clients: wait while they come back
+    assert await two_waves(batcher, [1, 2], [3, 4, 5], answered=[6, 7, 8, 9, 10]) == [1, 4, 9, 16, 25]
+    assert predict.batches == [[6, 7, 8, 9, 10], [1, 2, 3, 4, 5]]
+
+
+async def test_under_an_slo_a_short_batch_runs_once_the_clients_answered_are_back() -> None:
+    predict = Recorder()
+    batcher = Batcher(predict, BatchingConfig(max_batch_size=8, slo_ms=60_000))
+    assert batcher.adaptive is not None
+    batcher.adaptive.limit = 8
+    batcher.arrival_gap_s = 0.5
+    # two answered, two back: no reason to wait for the late wave
+    assert await two_waves(batcher, [1, 2], [3, 4, 5], answered=[6, 7]) == [1, 4, 9, 16, 25]
+    assert predict.batches[:2] == [[6, 7], [1, 2]]
 
 
 async def test_without_an_slo_a_short_batch_runs_once_its_queue_delay_is_over() -> None:
