@@ -127,6 +127,12 @@ class Metrics:
             [*labels, "result"],
             registry=self.registry,
         )
+        self.default_outputs = Counter(
+            "modelbay_default_outputs",
+            "Predictions answered with the model's default output (they would have missed the SLO).",
+            labels,
+            registry=self.registry,
+        )
 
     def for_model(self, model: str, version: str, queue_depth: Callable[[], float]) -> ModelMetrics:
         """Label-bound collectors for one model version; `queue_depth` is read at each scrape (in
@@ -164,6 +170,7 @@ class ModelMetrics:
         }
         self.cache_hit = metrics.cache.labels(model, version, "hit")
         self.cache_miss = metrics.cache.labels(model, version, "miss")
+        self.default_outputs = metrics.default_outputs.labels(model, version)
         depth = metrics.queue_depth.labels(model, version)
         # A function is read at scrape time, in this process only; workers write a value instead.
         self._depth: Callable[[], None] | None = None

@@ -62,6 +62,15 @@ class Predictor:
         """One output of `predict` -> the JSON-serializable prediction sent to the client."""
         return output
 
+    def default_output(self, value: Any, rows: int) -> Any:
+        """The output `predict` stands in with for an item of `rows` rows that would miss its SLO.
+
+        value: the model's `batching.default_output`, as loaded from YAML/JSON. The default returns
+        it unchanged (postprocess then turns it into the answer). Called once at load with rows=1
+        to check the value: raise ModelLoadError there, saying what was expected.
+        """
+        return value
+
     def rows(self, item: Any) -> int:
         """How many rows `item` adds to a batch (counted against `max_batch_size`); 1 by default."""
         return 1

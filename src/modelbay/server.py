@@ -90,6 +90,8 @@ class Server:
         for loaded in pending:
             try:
                 loaded.predictor.setup(loaded.model_dir)
+                if loaded.config.batching.default_output is not None:
+                    loaded.predictor.default_output(loaded.config.batching.default_output, 1)
             except ModelLoadError as exc:
                 raise ModelLoadError(f"model {loaded.name!r}: {exc.message}") from exc
             except Exception as exc:

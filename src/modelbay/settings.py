@@ -38,12 +38,18 @@ class BatchingConfig(_Config):
     slo_ms:             a latency objective in milliseconds: the batch size (up to max_batch_size)
                         and the queue delay are then tuned online to meet it (runtime/adaptive.py,
                         Clipper's AIMD); None keeps them fixed.
+    default_output:     with slo_ms: the model's output for one row, as JSON (a nested list for a
+                        one-output model, else {output name: nested list}; for a custom predictor,
+                        whatever its postprocess takes). A request that would miss the SLO gets it,
+                        flagged, instead of a late answer (as Clipper's default_output). None:
+                        every request is answered by the model, late or not.
     """
 
     max_batch_size: int = 32
     max_queue_delay_ms: float = 0.0
     max_queue_size: int = 256
     slo_ms: float | None = None
+    default_output: Any = None
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_queue_delay_ms < 0:
@@ -52,6 +58,10 @@ class BatchingConfig(_Config):
             )
         if self.slo_ms is not None and self.slo_ms <= 0:
             raise msgspec.ValidationError("batching: slo_ms must be > 0")
+        if self.default_output is not None and self.slo_ms is None:
+            raise msgspec.ValidationError(
+                "batching: default_output needs slo_ms (it answers requests that would miss the SLO)"
+            )
 
 
 class CacheConfig(_Config):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -130,9 +131,14 @@ class InferenceRequest:
 
 @dataclass(slots=True)
 class InferenceResponse:
-    """One OIP inference response: named output tensors as numpy arrays."""
+    """One OIP inference response: named output tensors as numpy arrays.
+
+    parameters: the response's OIP `parameters` object, e.g. {"default_output": True} when the
+                model's default output answered a request that would have missed its SLO.
+    """
 
     model_name: str
     model_version: str
     outputs: dict[str, np.ndarray]
     id: str | None = None
+    parameters: dict[str, Any] | None = None

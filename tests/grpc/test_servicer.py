@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from modelbay import Predictor
+from modelbay.codecs import oip_grpc
 from modelbay.grpc.generated import grpc_predict_v2_pb2 as pb
 from modelbay.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelbay.server import Server
 from modelbay.settings import BatchingConfig, Settings
-from modelbay.types import TensorSpec
+from modelbay.types import InferenceResponse, TensorSpec
 from tests.conftest import free_port
 
 LIMIT = 64 * 1024
@@ -238,3 +239,12 @@ def test_unknown_model_is_not_ready_and_has_no_metadata(stub: pb_grpc.GRPCInfere
         stub.ModelMetadata(pb.ModelMetadataRequest(name="affine", version="9"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert err.value.details() == "model 'affine' has no version '9'; versions: ['1']"
+
+
+def test_response_parameters_travel_as_infer_parameters() -> None:
+    # how a default output is flagged on gRPC (`batching.default_output`)
+    outputs = {"y": np.zeros((1, 2), np.float32)}
+    response = InferenceResponse("m", "1", outputs, None, {"default_output": True})
+    message = oip_grpc.encode_response(response)
+    assert message.parameters["default_output"].WhichOneof("parameter_choice") == "bool_param"
+    assert message.parameters["default_output"].bool_param is True

@@ -29,3 +29,5 @@ def test_bad_values_name_the_field(tmp_path: Path) -> None:
         Settings.load(None, {"prot": 1})
     with pytest.raises(ModelLoadError, match="max_batch_size and max_queue_size must be >= 1"):
         Settings.load(None, {"models": [{"path": "x", "batching": {"max_batch_size": 0}}]})
+    with pytest.raises(ModelLoadError, match="default_output needs slo_ms"):
+        Settings.load(None, {"models": [{"path": "x", "batching": {"default_output": [0.0]}}]})

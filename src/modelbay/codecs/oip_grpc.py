@@ -100,7 +100,19 @@ def encode_response(response: InferenceResponse) -> pb.ModelInferResponse:
     message = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version)
     if response.id is not None:
         message.id = response.id
+    for key, value in (response.parameters or {}).items():
+        _set_parameter(message.parameters[key], value)
     for name, array in response.outputs.items():
         message.outputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
         message.raw_output_contents.append(raw_from_array(array))
     return message
+
+
+def _set_parameter(parameter: pb.InferParameter, value: bool | int | str) -> None:
+    """Fill an InferParameter's oneof from a Python value (bool_param, int64_param or string_param)."""
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        parameter.int64_param = value
+    else:
+        parameter.string_param = str(value)

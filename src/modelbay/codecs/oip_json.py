@@ -228,6 +228,8 @@ def encode_response(
     }
     if response.id is not None:
         body["id"] = response.id
+    if response.parameters:
+        body["parameters"] = response.parameters
     header = _encoder.encode(body)
     if not blobs:
         return header, None

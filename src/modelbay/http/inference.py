@@ -81,7 +81,10 @@ class InferenceRoutes:
         examples, single = await predict_examples(scope, headers, body)
         result = await self.dataplane.predict(model, version, examples)
         predictions = result.predictions[0] if single else result.predictions
-        return encode_json({"model": result.model, "version": result.version, "predictions": predictions})
+        answer = {"model": result.model, "version": result.version, "predictions": predictions}
+        if result.defaults:
+            answer["default_predictions"] = result.defaults
+        return encode_json(answer)
 
     async def _infer(
         self, receive: Receive, headers: dict[str, str], model: str, version: str | None

@@ -103,6 +103,12 @@ def openapi_document() -> dict[str, Any]:
                             "model": {"type": "string"},
                             "version": {"type": "string"},
                             "predictions": {},
+                            "default_predictions": {
+                                "type": "array",
+                                "items": {"type": "integer"},
+                                "description": "indices of predictions that are the model's "
+                                "default_output (they would have missed the SLO); absent when none",
+                            },
                         },
                     }
                 ),

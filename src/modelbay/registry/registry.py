@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from modelbay.errors import ModelNotFound
 from modelbay.metrics import ModelMetrics
@@ -34,11 +35,16 @@ class ServedModel:
     metrics: ModelMetrics | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        default = self._default_output if self.batching.default_output is not None else None
         self.batcher = Batcher(
-            self.predictor.predict, self.batching, rows=self.predictor.rows, name=self.name
+            self.predictor.predict, self.batching, rows=self.predictor.rows, name=self.name, default=default
         )
         if self.cache_config is not None:
             self.cache = PredictionCache(self.cache_config.max_entries, self.cache_config.ttl_s)
+
+    def _default_output(self, item: Any) -> Any:
+        """The configured default output as `item`'s output (`Predictor.default_output`)."""
+        return self.predictor.default_output(self.batching.default_output, self.predictor.rows(item))
 
 
 def _version_key(version: str) -> tuple[int, int | str]:

@@ -35,6 +35,14 @@ class _Pending:
     enqueued_at: float
 
 
+@dataclass(slots=True)
+class DefaultOutput:
+    """What a request's future holds instead of the model's output when it would have missed its
+    SLO: `value` is the predictor's default output for it (`Predictor.default_output`)."""
+
+    value: Any
+
+
 class BatchObserver(Protocol):
     """Told about every batch the batcher runs (modelbay.metrics.ModelMetrics is one)."""
 
@@ -43,12 +51,14 @@ class BatchObserver(Protocol):
 
 @dataclass(slots=True)
 class BatcherStats:
-    """Counters since start: batches run, items (requests) in them, rows in them, items failed."""
+    """Counters since start: batches run, items (requests) in them, rows in them, items failed,
+    items answered with the default output."""
 
     batches: int = 0
     items: int = 0
     rows: int = 0
     failed: int = 0
+    defaulted: int = 0
 
 
 class Batcher:
@@ -57,6 +67,10 @@ class Batcher:
     predict: the model's batch function (`Predictor.predict`): list of items -> list of outputs.
     rows:    rows an item adds to a batch (`Predictor.rows`).
     name:    model name, for log lines and error messages.
+    default: with `slo_ms`, the output for an item that would miss the SLO (`Predictor.default_output`):
+             when its batch is about to run, a request whose wait plus the recent batch time would
+             pass the SLO gets `DefaultOutput(default(item))` at once and is not run (Clipper's
+             `default_output`, set with an application's `slo_micros`). None runs every request.
     A batch closes when it holds `max_batch_size` rows, or when its oldest request has waited
     `max_queue_delay_ms`, or (delay 0) as soon as the queue is empty. With `slo_ms` the row limit
     is the adaptive one (runtime/adaptive.py), the delay is capped by the SLO, and a batch below
@@ -72,9 +86,11 @@ class Batcher:
         *,
         rows: Callable[[Any], int] = lambda _item: 1,
         name: str = "model",
+        default: Callable[[Any], Any] | None = None,
     ) -> None:
         self._predict = predict
         self._rows = rows
+        self._default = default if config.slo_ms is not None else None
         self.config = config
         self.name = name
         self.stats = BatcherStats()
@@ -157,9 +173,13 @@ class Batcher:
                 continue
             await self._wait_for_batch()
             batch = self._take_batch()
+            answered = len(batch)
+            if self._default is not None:
+                batch = self._answer_late(batch)
             if batch:
                 await self._run(batch)
-                self._answered, self._arrivals = len(batch), 0
+            if answered:
+                self._answered, self._arrivals = answered, 0
 
     @property
     def batch_limit(self) -> int:
@@ -227,6 +247,29 @@ class Batcher:
             batch.append(pending)
             rows += pending.rows
         return batch
+
+    def _answer_late(self, batch: list[_Pending]) -> list[_Pending]:
+        """Give each request that would miss the SLO its default output; return the others.
+
+        A request would miss when its wait so far plus the recent batch time (moving average) is
+        over the SLO. A default that cannot be built fails that request like a model error.
+        """
+        assert self.adaptive is not None and self._default is not None
+        cutoff = time.monotonic() + self.adaptive.batch_time_s - self.adaptive.slo_s
+        keep = []
+        for pending in batch:
+            if pending.enqueued_at >= cutoff:
+                keep.append(pending)
+                continue
+            try:
+                output = DefaultOutput(self._default(pending.item))
+            except Exception as exc:
+                self._fail(pending, exc)
+                continue
+            self.stats.defaulted += 1
+            if not pending.future.done():
+                pending.future.set_result(output)
+        return keep
 
     async def _run(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()

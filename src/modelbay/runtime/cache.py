@@ -63,8 +63,14 @@ class PredictionCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def get_or_compute(self, key: bytes, compute: Callable[[], Awaitable[Any]]) -> tuple[Any, bool]:
-        """The cached answer for `key` (hit: True), or `compute()`'s, stored if it succeeds (hit: False).
+    async def get_or_compute(
+        self,
+        key: bytes,
+        compute: Callable[[], Awaitable[Any]],
+        keep: Callable[[Any], bool] = lambda _value: True,
+    ) -> tuple[Any, bool]:
+        """The cached answer for `key` (hit: True), or `compute()`'s, stored if it succeeds and
+        `keep(answer)` says so (hit: False); a default output given under an SLO is not kept.
 
         A request identical to one still running waits for that one's answer (hit: True). The
         computation runs as its own task, so a caller that goes away does not cancel it for others.
@@ -82,12 +88,12 @@ class PredictionCache:
             return await asyncio.shield(running), True
         task = asyncio.ensure_future(compute())
         self._inflight[key] = task
-        task.add_done_callback(lambda done: self._settle(key, done))
+        task.add_done_callback(lambda done: self._settle(key, done, keep))
         return await asyncio.shield(task), False
 
-    def _settle(self, key: bytes, task: asyncio.Task[Any]) -> None:
+    def _settle(self, key: bytes, task: asyncio.Task[Any], keep: Callable[[Any], bool]) -> None:
         del self._inflight[key]
-        if task.cancelled() or task.exception() is not None:
+        if task.cancelled() or task.exception() is not None or not keep(task.result()):
             return
         self._entries[key] = (self._clock(), task.result())
         self._entries.move_to_end(key)

@@ -18,7 +18,7 @@ from modelbay import __version__
 from modelbay.errors import InvalidInput, ModelNotReady
 from modelbay.metrics import Metrics
 from modelbay.registry.registry import ModelRegistry, ServedModel
-from modelbay.runtime.batcher import model_failure
+from modelbay.runtime.batcher import DefaultOutput, model_failure
 from modelbay.runtime.cache import request_key
 from modelbay.types import InferenceRequest, InferenceResponse
 
@@ -27,11 +27,16 @@ SERVER_NAME = "modelbay"
 
 @dataclass(slots=True)
 class PredictResult:
-    """Answer of the simple door: the model and version that answered, one prediction per example."""
+    """Answer of the simple door: the model and version that answered, one prediction per example.
+
+    defaults: indices of the predictions that are the model's default output, given because the
+              model would have answered them after their SLO (`batching.default_output`).
+    """
 
     model: str
     version: str
     predictions: list[Any]
+    defaults: list[int]
 
 
 class Dataplane:
@@ -91,6 +96,9 @@ class Dataplane:
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         """Run one OIP inference request through the model's cache and batcher.
 
+        The response's parameters say {"default_output": true} when the model's default output
+        answered it (it would have missed the SLO; `batching.default_output`).
+
         Raises ModelNotFound, ModelNotReady, InvalidInput (inputs that do not match the model, an
         unknown requested output), Overloaded, or InferenceFailed (the model failed).
         """
@@ -99,7 +107,7 @@ class Dataplane:
         try:
             model = self._ready_model(request.model_name, request.model_version)
             if model.cache is None:
-                outputs = await _infer(model, request.inputs)
+                outputs, defaulted = await _infer(model, request.inputs)
             else:
                 key = request_key(
                     [
@@ -107,7 +115,9 @@ class Dataplane:
                         *(part for name in sorted(request.inputs) for part in (name, request.inputs[name])),
                     ]
                 )
-                outputs = await _cached(model, key, lambda: _infer(model, request.inputs))
+                outputs, defaulted = await _cached(
+                    model, key, lambda: _infer(model, request.inputs), keep=lambda answer: not answer[1]
+                )
             if request.outputs is not None:
                 unknown = [name for name in request.outputs if name not in outputs]
                 if unknown:
@@ -117,7 +127,9 @@ class Dataplane:
             self._record(model, "infer", started, exc)
             raise
         self._record(model, "infer", started, None)
-        return InferenceResponse(model.name, model.version, outputs, request.id)
+        _count_defaults(model, int(defaulted))
+        parameters = {"default_output": True} if defaulted else None
+        return InferenceResponse(model.name, model.version, outputs, request.id, parameters)
 
     async def predict(self, name: str, version: str | None, examples: list[Any]) -> PredictResult:
         """The simple door: each example preprocessed, batched, postprocessed; one prediction each.
@@ -130,15 +142,18 @@ class Dataplane:
         try:
             model = self._ready_model(name, version)
             if model.cache is None:
-                predictions = await _predict(model, examples)
+                predictions, defaults = await _predict(model, examples)
             else:
                 key = request_key(["predict", *examples])
-                predictions = await _cached(model, key, lambda: _predict(model, examples))
+                predictions, defaults = await _cached(
+                    model, key, lambda: _predict(model, examples), keep=lambda answer: not answer[1]
+                )
         except Exception as exc:
             self._record(model, "predict", started, exc)
             raise
         self._record(model, "predict", started, None)
-        return PredictResult(model.name, model.version, predictions)
+        _count_defaults(model, len(defaults))
+        return PredictResult(model.name, model.version, predictions, defaults)
 
     def _ready_model(self, name: str, version: str | None) -> ServedModel:
         model = self.registry.get(name, version)
@@ -159,19 +174,24 @@ def _depth(model: ServedModel) -> Callable[[], float]:
     return lambda: float(model.batcher.queue_depth)
 
 
-async def _infer(model: ServedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+async def _infer(model: ServedModel, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
+    """The model's named outputs for one OIP request, and whether they are its default output."""
     predictor = model.predictor
     in_thread = predictor.preprocess_in_thread  # else no coroutine per hook on the hot path
     decode, encode = predictor.decode_tensors, predictor.encode_tensors
     item = await _call(model, decode, inputs) if in_thread else _hook(model, decode, inputs)
     output = await model.batcher.submit(item)
+    defaulted = isinstance(output, DefaultOutput)
+    if defaulted:
+        output = output.value
     outputs: dict[str, np.ndarray] = (
         await _call(model, encode, output) if in_thread else _hook(model, encode, output)
     )
-    return outputs
+    return outputs, defaulted
 
 
-async def _predict(model: ServedModel, examples: list[Any]) -> list[Any]:
+async def _predict(model: ServedModel, examples: list[Any]) -> tuple[list[Any], list[int]]:
+    """One prediction per example, and the indices of those that are the default output."""
     predictor = model.predictor
     in_thread = predictor.preprocess_in_thread
     pre, post = predictor.preprocess, predictor.postprocess
@@ -180,12 +200,23 @@ async def _predict(model: ServedModel, examples: list[Any]) -> list[Any]:
         outputs = [await model.batcher.submit(items[0])]
     else:
         outputs = await asyncio.gather(*(model.batcher.submit(item) for item in items))
-    return [await _call(model, post, y) if in_thread else _hook(model, post, y) for y in outputs]
+    defaults = [index for index, y in enumerate(outputs) if isinstance(y, DefaultOutput)]
+    if defaults:
+        outputs = [y.value if isinstance(y, DefaultOutput) else y for y in outputs]
+    predictions = [await _call(model, post, y) if in_thread else _hook(model, post, y) for y in outputs]
+    return predictions, defaults
 
 
-async def _cached(model: ServedModel, key: bytes, compute: Callable[[], Awaitable[Any]]) -> Any:
+def _count_defaults(model: ServedModel, count: int) -> None:
+    if count and model.metrics is not None:
+        model.metrics.default_outputs.inc(count)
+
+
+async def _cached(
+    model: ServedModel, key: bytes, compute: Callable[[], Awaitable[Any]], keep: Callable[[Any], bool]
+) -> Any:
     assert model.cache is not None and model.metrics is not None
-    value, hit = await model.cache.get_or_compute(key, compute)
+    value, hit = await model.cache.get_or_compute(key, compute, keep)
     (model.metrics.cache_hit if hit else model.metrics.cache_miss).inc()
     return value
 

@@ -137,6 +137,35 @@ class TensorPredictor(Predictor):
             raise InvalidInput(f"inputs disagree on the batch size: {[list(a.shape) for a in arrays]}")
         return arrays
 
+    def default_output(self, value: Any, rows: int) -> Arrays:
+        """`batching.default_output` as an item's outputs: each output's one row, [rows, ...].
+
+        value: one row of every output as JSON: the nested list for a one-output model, else
+        {output name: nested list}. Rows are numpy broadcast views (read-only, no copies).
+        Raises ModelLoadError when the names, datatypes or shapes do not fit the outputs.
+        """
+        values = value if isinstance(value, dict) else {self.output_names(1)[0]: value}
+        names = self.output_names(len(values))
+        if set(values) != set(names):
+            raise ModelLoadError(f"default_output names {sorted(values)}; the model's outputs are {names}")
+        rows_of = [self._default_row(name, values[name]) for name in names]
+        return [np.broadcast_to(row, (rows, *row.shape)) for row in rows_of]
+
+    def _default_row(self, name: str, value: Any) -> np.ndarray:
+        """One row of output `name` from JSON, checked against its spec when the model gives one."""
+        spec = next((spec for spec in self.outputs if spec.name == name), None)
+        try:
+            row = array_from_json(value, spec.datatype if spec is not None else _guess(value), None, name)
+        except InvalidInput as exc:
+            raise ModelLoadError(f"default_output: {exc.message}") from exc
+        if spec is not None and spec.shape is not None and spec.batched:
+            want = spec.shape[1:]
+            if len(want) != row.ndim or any(w not in (-1, h) for w, h in zip(want, row.shape, strict=True)):
+                raise ModelLoadError(
+                    f"default_output {name!r}: expected one row of shape {list(want)}, got {list(row.shape)}"
+                )
+        return row
+
     def rows(self, item: Arrays) -> int:
         """The item's batch size (first dimension)."""
         return int(item[0].shape[0]) if item else 1
