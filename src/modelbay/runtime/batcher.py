@@ -68,7 +68,7 @@ class Batcher:
     rows:    rows an item adds to a batch (`Predictor.rows`).
     name:    model name, for log lines and error messages.
     default: with `slo_ms`, the output for an item that would miss the SLO (`Predictor.default_output`):
-             when its batch is about to run, a request whose wait plus the recent batch time would
+             before each batch, every queued request whose wait plus the recent batch time would
              pass the SLO gets `DefaultOutput(default(item))` at once and is not run (Clipper's
              `default_output`, set with an application's `slo_micros`). None runs every request.
     A batch closes when it holds `max_batch_size` rows, or when its oldest request has waited
@@ -172,10 +172,9 @@ class Batcher:
                 await self._sleep(1, None)
                 continue
             await self._wait_for_batch()
+            answered = self._answer_late() if self._default is not None else 0
             batch = self._take_batch()
-            answered = len(batch)
-            if self._default is not None:
-                batch = self._answer_late(batch)
+            answered += len(batch)
             if batch:
                 await self._run(batch)
             if answered:
@@ -248,18 +247,22 @@ class Batcher:
             rows += pending.rows
         return batch
 
-    def _answer_late(self, batch: list[_Pending]) -> list[_Pending]:
-        """Give each request that would miss the SLO its default output; return the others.
+    def _answer_late(self) -> int:
+        """Give the default output to every queued request that would miss the SLO; how many left.
 
         A request would miss when its wait so far plus the recent batch time (moving average) is
-        over the SLO. A default that cannot be built fails that request like a model error.
+        over the SLO. The queue is oldest first, so those are at its front. Checked before each
+        batch, so a default answer comes at most one batch time after its request became late. A
+        default that cannot be built fails that request like a model error.
         """
         assert self.adaptive is not None and self._default is not None
         cutoff = time.monotonic() + self.adaptive.batch_time_s - self.adaptive.slo_s
-        keep = []
-        for pending in batch:
-            if pending.enqueued_at >= cutoff:
-                keep.append(pending)
+        answered = 0
+        while self._queue and self._queue[0].enqueued_at < cutoff:
+            pending = self._queue.popleft()
+            self._queued_rows -= pending.rows
+            answered += 1
+            if pending.future.done():
                 continue
             try:
                 output = DefaultOutput(self._default(pending.item))
@@ -267,9 +270,8 @@ class Batcher:
                 self._fail(pending, exc)
                 continue
             self.stats.defaulted += 1
-            if not pending.future.done():
-                pending.future.set_result(output)
-        return keep
+            pending.future.set_result(output)
+        return answered
 
     async def _run(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
