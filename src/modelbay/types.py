@@ -85,21 +85,22 @@ class TensorSpec:
         """The OIP `$metadata_tensor` object: {"name", "datatype", "shape"}."""
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape or (-1,))}
 
-    def check(self, array: np.ndarray) -> None:
+    def check(self, array: np.ndarray, role: str = "input") -> None:
         """Raise InvalidInput unless `array` has this spec's datatype and a matching shape.
 
         A spec without a shape was guessed (the model does not say), so nothing is checked.
+        role: how the message names the tensor ("input", or "output" for a model's outputs).
         """
         if self.shape is None:
             return
         if array.dtype != DATATYPES[self.datatype]:
             got = _BY_NUMPY.get(array.dtype) or str(array.dtype)
-            raise InvalidInput(f"input {self.name!r}: expected datatype {self.datatype}, got {got}")
+            raise InvalidInput(f"{role} {self.name!r}: expected datatype {self.datatype}, got {got}")
         if array.ndim != len(self.shape) or any(
             want not in (-1, have) for want, have in zip(self.shape, array.shape, strict=True)
         ):
             raise InvalidInput(
-                f"input {self.name!r}: expected shape {list(self.shape)} (-1 is any size), "
+                f"{role} {self.name!r}: expected shape {list(self.shape)} (-1 is any size), "
                 f"got {list(array.shape)}"
             )
 

@@ -86,7 +86,10 @@ async def test_a_default_answer_is_not_cached() -> None:
 
 @pytest.mark.parametrize(
     ("default", "message"),
-    [([1.0, 2.0, 3.0], "expected one row of shape [2]"), ({"logits": [1.0, 2.0]}, "model's outputs are")],
+    [
+        ([1.0, 2.0, 3.0], "output 'output': expected shape [-1, 2]"),
+        ({"logits": [1.0, 2.0]}, "model's outputs are"),
+    ],
 )
 def test_a_default_that_does_not_fit_the_outputs_is_refused_at_load(default: object, message: str) -> None:
     server = Server()

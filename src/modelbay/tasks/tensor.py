@@ -39,6 +39,7 @@ class TensorPredictor(Predictor):
         self.outputs = list(outputs or runner.outputs)
         self._specs = {spec.name: spec for spec in self.inputs}
         self._names = set(self._specs)
+        self._default: tuple[Any, Arrays] | None = None  # (default_output value, its rows)
 
     def setup(self, model_dir: Path | None) -> None:
         """Run one zero-filled example through the model (batch 1), when every input shape is known.
@@ -141,30 +142,33 @@ class TensorPredictor(Predictor):
         """`batching.default_output` as an item's outputs: each output's one row, [rows, ...].
 
         value: one row of every output as JSON: the nested list for a one-output model, else
-        {output name: nested list}. Rows are numpy broadcast views (read-only, no copies).
+        {output name: nested list}; parsed and checked on the first call (at load), kept after.
+        Rows are numpy broadcast views (read-only, no copies).
         Raises ModelLoadError when the names, datatypes or shapes do not fit the outputs.
         """
+        if self._default is None or self._default[0] is not value:
+            self._default = (value, self._default_rows(value))
+        return [np.broadcast_to(row, (rows, *row.shape)) for row in self._default[1]]
+
+    def _default_rows(self, value: Any) -> Arrays:
+        """`value` as one row per output, in output order, each checked against its spec."""
         values = value if isinstance(value, dict) else {self.output_names(1)[0]: value}
         names = self.output_names(len(values))
         if set(values) != set(names):
             raise ModelLoadError(f"default_output names {sorted(values)}; the model's outputs are {names}")
-        rows_of = [self._default_row(name, values[name]) for name in names]
-        return [np.broadcast_to(row, (rows, *row.shape)) for row in rows_of]
-
-    def _default_row(self, name: str, value: Any) -> np.ndarray:
-        """One row of output `name` from JSON, checked against its spec when the model gives one."""
-        spec = next((spec for spec in self.outputs if spec.name == name), None)
-        try:
-            row = array_from_json(value, spec.datatype if spec is not None else _guess(value), None, name)
-        except InvalidInput as exc:
-            raise ModelLoadError(f"default_output: {exc.message}") from exc
-        if spec is not None and spec.shape is not None and spec.batched:
-            want = spec.shape[1:]
-            if len(want) != row.ndim or any(w not in (-1, h) for w, h in zip(want, row.shape, strict=True)):
-                raise ModelLoadError(
-                    f"default_output {name!r}: expected one row of shape {list(want)}, got {list(row.shape)}"
-                )
-        return row
+        specs = {spec.name: spec for spec in self.outputs}
+        rows = []
+        for name in names:
+            spec = specs.get(name)
+            datatype = spec.datatype if spec is not None else _guess(values[name])
+            try:
+                row = array_from_json(values[name], datatype, None, name)
+                if spec is not None and spec.batched:
+                    spec.check(row[None], "output")
+            except InvalidInput as exc:
+                raise ModelLoadError(f"default_output: {exc.message}") from exc
+            rows.append(row)
+        return rows
 
     def rows(self, item: Arrays) -> int:
         """The item's batch size (first dimension)."""
