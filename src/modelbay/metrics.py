@@ -11,6 +11,8 @@ tune batching:
     modelbay_batch_size{model,version}                       rows per batch
     modelbay_queue_depth{model,version}                      requests waiting now
     modelbay_cache_requests_total{model,version,result}      hit | miss
+    modelbay_default_outputs_total{model,version}            predictions answered with the default
+                                                             output (batching.default_output)
 
 Model labels only ever name served models; a request for an unknown model is counted under
 model="" so a client cannot grow the label set.

@@ -20,6 +20,8 @@ from modelbay.runtime.dataplane import Dataplane
 
 BINARY_HEADER = "inference-header-content-length"
 _JSON = [(b"content-type", b"application/json")]
+_BINARY = (b"content-type", b"application/octet-stream")
+_BINARY_HEADER = BINARY_HEADER.encode()
 
 
 def match(path: str) -> tuple[str, str, str | None] | None:
@@ -98,10 +100,7 @@ class InferenceRoutes:
             return 200, _JSON, content
         return (
             200,
-            [
-                (b"content-type", b"application/octet-stream"),
-                (BINARY_HEADER.encode(), str(json_length).encode()),
-            ],
+            [_BINARY, (_BINARY_HEADER, str(json_length).encode())],
             content,
         )
 

@@ -51,14 +51,12 @@ class BatchObserver(Protocol):
 
 @dataclass(slots=True)
 class BatcherStats:
-    """Counters since start: batches run, items (requests) in them, rows in them, items failed,
-    items answered with the default output."""
+    """Counters since start: batches run, items (requests) in them, rows in them, items failed."""
 
     batches: int = 0
     items: int = 0
     rows: int = 0
     failed: int = 0
-    defaulted: int = 0
 
 
 class Batcher:
@@ -248,7 +246,8 @@ class Batcher:
         return batch
 
     def _answer_late(self) -> int:
-        """Give the default output to every queued request that would miss the SLO; how many left.
+        """Give the default output to every queued request that would miss the SLO; returns how
+        many requests it took off the queue.
 
         A request would miss when its wait so far plus the recent batch time (moving average) is
         over the SLO. The queue is oldest first, so those are at its front. Checked before each
@@ -269,7 +268,6 @@ class Batcher:
             except Exception as exc:
                 self._fail(pending, exc)
                 continue
-            self.stats.defaulted += 1
             pending.future.set_result(output)
         return answered
 

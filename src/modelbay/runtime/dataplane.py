@@ -127,9 +127,10 @@ class Dataplane:
             self._record(model, "infer", started, exc)
             raise
         self._record(model, "infer", started, None)
-        _count_defaults(model, int(defaulted))
-        parameters = {"default_output": True} if defaulted else None
-        return InferenceResponse(model.name, model.version, outputs, request.id, parameters)
+        if not defaulted:
+            return InferenceResponse(model.name, model.version, outputs, request.id)
+        _count_defaults(model, 1)
+        return InferenceResponse(model.name, model.version, outputs, request.id, {"default_output": True})
 
     async def predict(self, name: str, version: str | None, examples: list[Any]) -> PredictResult:
         """The simple door: each example preprocessed, batched, postprocessed; one prediction each.
@@ -152,7 +153,8 @@ class Dataplane:
             self._record(model, "predict", started, exc)
             raise
         self._record(model, "predict", started, None)
-        _count_defaults(model, len(defaults))
+        if defaults:
+            _count_defaults(model, len(defaults))
         return PredictResult(model.name, model.version, predictions, defaults)
 
     def _ready_model(self, name: str, version: str | None) -> ServedModel:
@@ -208,7 +210,7 @@ async def _predict(model: ServedModel, examples: list[Any]) -> tuple[list[Any], 
 
 
 def _count_defaults(model: ServedModel, count: int) -> None:
-    if count and model.metrics is not None:
+    if model.metrics is not None:
         model.metrics.default_outputs.inc(count)
 
 
