@@ -3,11 +3,13 @@
     ModelbayError                   base; never raised itself
     ├── InvalidInput                the client sent something the model cannot take (400 / INVALID_ARGUMENT)
     │   ├── PayloadTooLarge         a body or image over its size limit             (413)
-    │   └── UnsupportedMediaType    a Content-Type the door does not speak          (415)
+    │   ├── UnsupportedMediaType    a Content-Type the door does not speak          (415)
+    │   └── RequestTimeout          the client sent its body too slowly             (408)
     ├── ModelNotFound               no model (or model version) by that name        (404 / NOT_FOUND)
     ├── Unavailable                 cannot take the request now; retry later        (503 / UNAVAILABLE)
     │   ├── ModelNotReady           the model is loading, stopping or failed
     │   └── Overloaded              the model's queue is full (HTTP adds Retry-After)
+    ├── DeadlineExceeded            no answer within the model's timeout_s          (504 / DEADLINE_EXCEEDED)
     ├── InferenceFailed             the model itself failed on a valid request      (500 / INTERNAL)
     └── ModelLoadError              an artifact cannot be loaded; raised before serving (CLI exit 2)
 
@@ -45,6 +47,10 @@ class UnsupportedMediaType(InvalidInput):
     """The request's Content-Type is not one this endpoint accepts."""
 
 
+class RequestTimeout(InvalidInput):
+    """The request's body did not arrive within `read_timeout_s` (a slow or stalled client)."""
+
+
 class ModelNotFound(ModelbayError):
     """No model is served under that name, or the model has no such version."""
 
@@ -62,6 +68,11 @@ class ModelNotReady(Unavailable):
 
 class Overloaded(Unavailable):
     """The model's request queue is full (`max_queue_size`); the client should retry later."""
+
+
+class DeadlineExceeded(ModelbayError):
+    """The request was not answered within its deadline (the model's `timeout_s`, or the gRPC
+    client's own deadline); if it was still queued, it was dropped without running."""
 
 
 class InferenceFailed(ModelbayError):

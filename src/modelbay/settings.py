@@ -123,6 +123,11 @@ class ModelConfig(_Config):
     softmax:     image-classification: the first output holds logits, so scores are their softmax;
                  false when the model already returns probabilities.
     cache:       cache answers to repeated requests ({max_entries, ttl_s}); None (default) caches nothing.
+    timeout_s:   longest a request to this model may take, in seconds, from arrival to answer
+                 (preprocess, queue, forward pass, postprocess); past it the caller gets 504 /
+                 DEADLINE_EXCEEDED and a request still queued is dropped. None: no limit.
+    preprocess_threads: threads of this model's own pool for its per-request hooks (preprocess,
+                 postprocess, tensor decoding); a hook that hangs can block only this pool.
     """
 
     path: str | None = None
@@ -142,6 +147,14 @@ class ModelConfig(_Config):
     image: ImageConfig = msgspec.field(default_factory=ImageConfig)
     batching: BatchingConfig = msgspec.field(default_factory=BatchingConfig)
     cache: CacheConfig | None = None
+    timeout_s: float | None = 60.0
+    preprocess_threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise msgspec.ValidationError("timeout_s must be > 0 (or null for no limit)")
+        if self.preprocess_threads < 1:
+            raise msgspec.ValidationError("preprocess_threads must be >= 1")
 
 
 class Settings(_Config):
@@ -153,6 +166,14 @@ class Settings(_Config):
                     use up to one per core (each gets cores / workers torch threads).
     max_body_bytes: largest request body (HTTP) or message (gRPC) accepted, in bytes; larger
                     ones get 413 / INVALID_ARGUMENT.
+    graceful_timeout_s: on SIGTERM / SIGINT, how long in-flight requests (HTTP and gRPC) may still
+                    take, in seconds; those not done by then are answered 503 / UNAVAILABLE and
+                    the process exits.
+    read_timeout_s: a request's headers must arrive within this many seconds of its first byte
+                    (or of the connection opening), and its body within this many seconds of the
+                    first read; else 408 and the connection is closed (slow-client attacks).
+    max_connections: most HTTP connections and requests in progress at once; past it a request
+                    is answered 503 at once instead of waiting.
     log_level:      "debug", "info", "warning" or "error".
     models:         the models to serve; each entry is a ModelConfig.
     """
@@ -162,8 +183,17 @@ class Settings(_Config):
     grpc_port: int = 8001
     workers: int = 1
     max_body_bytes: int = 16 * 1024 * 1024
+    graceful_timeout_s: float = 30.0
+    read_timeout_s: float = 30.0
+    max_connections: int = 1000
     log_level: str = "info"
     models: list[ModelConfig] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.graceful_timeout_s < 0 or self.read_timeout_s <= 0 or self.max_connections < 1:
+            raise msgspec.ValidationError(
+                "graceful_timeout_s must be >= 0, read_timeout_s > 0 and max_connections >= 1"
+            )
 
     @classmethod
     def load(

@@ -8,6 +8,7 @@ import numpy as np
 from modelbay.codecs.oip_grpc import array_from_contents
 from modelbay.codecs.raw import array_from_raw, raw_from_array
 from modelbay.errors import (
+    DeadlineExceeded,
     InferenceFailed,
     InvalidInput,
     ModelbayError,
@@ -22,6 +23,7 @@ ERRORS: dict[grpc.StatusCode, type[ModelbayError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
     grpc.StatusCode.NOT_FOUND: ModelNotFound,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.INTERNAL: InferenceFailed,
     grpc.StatusCode.RESOURCE_EXHAUSTED: PayloadTooLarge,
 }

@@ -11,6 +11,7 @@ import numpy as np
 from modelbay.codecs.oip_json import array_from_json
 from modelbay.codecs.raw import array_from_raw, raw_from_array
 from modelbay.errors import (
+    DeadlineExceeded,
     InferenceFailed,
     InvalidInput,
     ModelbayError,
@@ -18,6 +19,7 @@ from modelbay.errors import (
     ModelNotReady,
     Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
     UnsupportedMediaType,
 )
 from modelbay.types import datatype_of
@@ -27,10 +29,12 @@ HEADER = "Inference-Header-Content-Length"
 ERRORS: dict[int, type[ModelbayError]] = {
     400: InvalidInput,
     404: ModelNotFound,
+    408: RequestTimeout,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
     500: InferenceFailed,
     503: ModelNotReady,
+    504: DeadlineExceeded,
 }
 
 

@@ -7,6 +7,7 @@ import logging
 import grpc
 
 from modelbay.errors import (
+    DeadlineExceeded,
     InferenceFailed,
     InvalidInput,
     ModelbayError,
@@ -23,6 +24,7 @@ CODES: dict[type[ModelbayError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     InferenceFailed: grpc.StatusCode.INTERNAL,
     ModelLoadError: grpc.StatusCode.INTERNAL,
 }

@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from modelbay.codecs.oip_json import encode_json
 from modelbay.errors import (
+    DeadlineExceeded,
     InferenceFailed,
     InvalidInput,
     ModelbayError,
@@ -19,6 +20,7 @@ from modelbay.errors import (
     ModelNotFound,
     Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
     Unavailable,
     UnsupportedMediaType,
     internal_error,
@@ -31,9 +33,11 @@ log = logging.getLogger("modelbay.http")
 STATUS: dict[type[ModelbayError], int] = {
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
+    RequestTimeout: 408,
     InvalidInput: 400,
     ModelNotFound: 404,
     Unavailable: 503,
+    DeadlineExceeded: 504,
     InferenceFailed: 500,
     ModelLoadError: 500,
 }
