@@ -10,12 +10,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import os
+import signal
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import msgspec
 import torch
@@ -25,6 +29,7 @@ from starlette.applications import Starlette
 from modelbay.errors import ModelLoadError
 from modelbay.grpc.servicer import create_grpc_server
 from modelbay.http.app import ModelbayApp, create_app
+from modelbay.http.protocol import protocol_class
 from modelbay.loading import LoadedModel, load_model
 from modelbay.loading.runner import TorchRunner, example_inputs, signature_inputs
 from modelbay.metrics import shared_folder
@@ -52,6 +57,7 @@ class Server:
         self._pending: list[LoadedModel] = []
         self._uvicorn: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._drain: Callable[[], object] | None = None  # begins the drain, from any thread
 
     def add_model(
         self,
@@ -84,7 +90,7 @@ class Server:
     def load(self) -> None:
         """Build and set up every model not loaded yet. Raises ModelLoadError naming the model."""
         for entry in self.settings.models:
-            self._pending.append(load_model(msgspec.to_builtins(entry)))
+            self._pending.append(load_model(entry))
         self.settings = msgspec.structs.replace(self.settings, models=[])
         pending, self._pending = self._pending, []
         for loaded in pending:
@@ -100,7 +106,14 @@ class Server:
                 ) from exc
             config = loaded.config
             model = ServedModel(
-                loaded.name, config.version, loaded.predictor, config.batching, loaded.model_dir, config.cache
+                loaded.name,
+                config.version,
+                loaded.predictor,
+                config.batching,
+                loaded.model_dir,
+                config.cache,
+                timeout_s=config.timeout_s,
+                preprocess_threads=config.preprocess_threads,
             )
             try:
                 self.registry.add(model)
@@ -112,9 +125,12 @@ class Server:
 
         Its lifespan starts the batchers and, when `grpc_port` is set, the gRPC door on the same
         event loop and dataplane; it raises RuntimeError at startup if the gRPC port cannot be bound.
+        On SIGTERM / SIGINT (or `stop()`) both doors drain together within `graceful_timeout_s`
+        (ModelbayApp.drain).
         """
         dataplane = Dataplane(self.registry)
         settings = self.settings
+        grace = settings.graceful_timeout_s
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -127,13 +143,20 @@ class Server:
                         dataplane, address, settings.max_body_bytes, reuse_port=settings.workers > 1
                     )
                     await grpc_server.start()
+                    # A little past the drain deadline, so the 503s given at the deadline go out.
+                    served.on_drain.append(lambda grace_s: grpc_server.stop(grace_s + 1.0))
+                loop = asyncio.get_running_loop()
+                self._drain = lambda: loop.call_soon_threadsafe(served.drain, grace)
+                _drain_on_exit_signals(self._drain)
                 yield
             finally:
-                if grpc_server is not None:
-                    await grpc_server.stop(grace=5)
+                self._drain = None
+                if not await served.drained() and grpc_server is not None:
+                    await grpc_server.stop(grace)
                 await dataplane.stop()
 
-        return create_app(dataplane, settings.max_body_bytes, lifespan)
+        served = create_app(dataplane, settings.max_body_bytes, lifespan)
+        return served
 
     def tune_process(self) -> None:
         """Settle this process for serving, once the models are loaded.
@@ -156,16 +179,7 @@ class Server:
     def _uvicorn_server(self) -> uvicorn.Server:
         self.load()
         self.tune_process()
-        config = uvicorn.Config(
-            self.app(),
-            host=self.settings.host,
-            port=self.settings.port,
-            log_level=self.settings.log_level,
-            access_log=False,
-            lifespan="on",
-            proxy_headers=False,  # clients reach modelbay directly; nothing to rewrite per request
-        )
-        return uvicorn.Server(config)
+        return uvicorn.Server(uvicorn.Config(self.app(), **uvicorn_options(self.settings)))
 
     def run(self) -> None:
         """Load, listen and serve until SIGINT/SIGTERM (Ctrl-C), then shut down gracefully. Blocks."""
@@ -196,7 +210,10 @@ class Server:
             raise RuntimeError(f"server did not start on {self.settings.host}:{self.settings.port}")
 
     def stop(self) -> None:
-        """Stop serving: finish in-flight requests, stop the batchers, join the thread."""
+        """Stop serving: in-flight requests get `graceful_timeout_s` to finish (then 503), the
+        batchers stop, the thread is joined."""
+        if self._drain is not None:
+            self._drain()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         if self._thread is not None:
@@ -231,15 +248,45 @@ def run_workers(settings: Settings) -> None:
     os.environ[WORKER_SETTINGS] = msgspec.json.encode(settings).decode()
     with shared_folder():  # /metrics of any worker reports all of them (modelbay/metrics.py)
         uvicorn.run(
-            f"{__name__}:worker_app",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_level=settings.log_level,
-            access_log=False,
-            proxy_headers=False,
+            f"{__name__}:worker_app", factory=True, workers=settings.workers, **uvicorn_options(settings)
         )
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn.Config keywords for `settings`: address, logging, the protocol with the read
+    timeout, the connection limit (503 past it) and the drain backstop."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,
+        "lifespan": "on",
+        "proxy_headers": False,  # clients reach modelbay directly; nothing to rewrite per request
+        "http": protocol_class(settings.read_timeout_s),
+        "limit_concurrency": settings.max_connections,
+        # modelbay answers what is left at graceful_timeout_s (ModelbayApp.drain); uvicorn cancels
+        # whatever still runs a little later, a backstop for anything outside the dataplane.
+        "timeout_graceful_shutdown": settings.graceful_timeout_s + 2.0,
+    }
+
+
+def _drain_on_exit_signals(drain: Callable[[], object]) -> None:
+    """Call `drain` when SIGTERM or SIGINT arrives, then uvicorn's own handler (which stops the loop).
+
+    Only in the main thread (where uvicorn installed its handlers); `Server.stop()` drains otherwise.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+        if not callable(previous):
+            continue
+
+        def handler(number: int, frame: FrameType | None, previous: Callable[..., Any] = previous) -> None:
+            drain()
+            previous(number, frame)
+
+        signal.signal(signum, handler)
 
 
 def worker_app() -> ModelbayApp:

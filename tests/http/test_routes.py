@@ -68,7 +68,7 @@ async def test_oip_health_and_metadata(digits: httpx.AsyncClient) -> None:
     assert (await digits.get("/v2/models/digits/ready")).status_code == 200
     assert (await digits.get("/v2/models/digits/versions/1/ready")).status_code == 200
     server = (await digits.get("/v2")).json()
-    assert server["name"] == "modelbay" and server["extensions"] == []
+    assert server["name"] == "modelbay" and server["extensions"] == ["binary_tensor_data"]
     metadata = (await digits.get("/v2/models/digits")).json()
     assert metadata == {
         "name": "digits",
@@ -235,7 +235,7 @@ BAD_REQUESTS = [
         "/v2/models/digits/infer",
         {"json": infer_body([65, 1, 8, 8])},
         400,
-        "request has 65 rows, more than max_batch_size 64 of model 'digits'",
+        "request has 65 rows; model 'digits' takes 1 to 64 (max_batch_size)",
     ),
 ]
 
@@ -300,11 +300,8 @@ async def test_a_model_failure_is_a_500_for_that_request_only() -> None:
         replies = await asyncio.gather(*good, bad)
         assert [r.json()["predictions"] for r in replies[:4]] == [[2 * i, 2 * i] for i in range(4)]
         assert replies[4].status_code == 500
-        assert (
-            replies[4]
-            .json()["error"]
-            .startswith("model 'double' failed: ValueError: value out of the trained range (error id ")
-        )
+        error = replies[4].json()["error"]
+        assert error.startswith("model 'double' failed (error id ") and "trained range" not in error
         assert (await client.post("/predict/double", json={"inputs": [[1, 2], [3, 4]]})).json()[
             "predictions"
         ] == [[2, 4], [6, 8]]

@@ -17,16 +17,20 @@ Every error body is `{"error": "..."}` with the status of `modelbay.http.errors.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from modelbay.codecs.oip_json import encode_json
+from modelbay.errors import Unavailable
 from modelbay.http.errors import error_response, json_response
 from modelbay.http.inference import InferenceRoutes, match
 from modelbay.http.openapi import docs_page, openapi_document
@@ -34,6 +38,7 @@ from modelbay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from modelbay.runtime.dataplane import Dataplane
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+log = logging.getLogger("modelbay.http")
 
 
 def _truth(value: bool) -> Response:
@@ -121,19 +126,73 @@ def create_app(
         Route("/v2/health/live", endpoint(live)),
         Route("/v2/health/ready", endpoint(ready)),
     ]
-    starlette = Starlette(routes=routes, lifespan=lifespan or dataplane_only)
+    starlette = Starlette(
+        routes=routes,
+        lifespan=lifespan or dataplane_only,
+        exception_handlers={HTTPException: _http_error},
+    )
     return ModelbayApp(starlette, InferenceRoutes(dataplane, max_body_bytes))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 / 405 as OIP error bodies, like every other error."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"no route {request.method} {request.url.path}; GET /docs lists the routes"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = exc.detail
+    return json_response({"error": message}, exc.status_code, headers=dict(exc.headers or {}))
 
 
 class ModelbayApp:
     """The ASGI app: the two hot POST routes (http/inference.py) served directly, all else by Starlette.
 
-    `starlette` also runs the lifespan (batchers, gRPC) and the docs.
+    `starlette` also runs the lifespan (batchers, gRPC) and the docs. `drain` is called once
+    when the server starts shutting down (modelbay.server): the models stop taking new
+    requests, each `on_drain` hook runs (the gRPC door stops with the same grace), and requests
+    still in flight after the drain deadline are answered 503 / UNAVAILABLE.
     """
 
     def __init__(self, starlette: Starlette, inference: InferenceRoutes) -> None:
         self.starlette = starlette
         self.inference = inference
+        self.on_drain: list[Callable[[float], Awaitable[None]]] = []
+        self._drain_tasks: list[asyncio.Future[None]] = []
+        self._draining = False
+
+    def drain(self, graceful_timeout_s: float) -> None:
+        """Begin the graceful shutdown on the running loop; returns at once.
+
+        Requests in flight get `graceful_timeout_s` seconds to finish, then Unavailable (503).
+        """
+        if self._draining:
+            return
+        self._draining = True
+        dataplane = self.inference.dataplane
+        for model in dataplane.registry:
+            model.ready = False  # new requests: 503; the load balancer sees not ready
+        log.info(
+            "draining: %d request(s) in flight get %.1f s to finish", dataplane.in_flight, graceful_timeout_s
+        )
+        loop = asyncio.get_running_loop()
+        loop.call_later(graceful_timeout_s, self._drain_deadline)
+        self._drain_tasks = [asyncio.ensure_future(hook(graceful_timeout_s)) for hook in self.on_drain]
+
+    async def drained(self) -> bool:
+        """Wait for the `on_drain` hooks to finish; False when no drain was begun."""
+        if not self._draining:
+            return False
+        await asyncio.gather(*self._drain_tasks, return_exceptions=True)
+        return True
+
+    def _drain_deadline(self) -> None:
+        ended = self.inference.dataplane.end_in_flight(
+            Unavailable("the server shut down before the model answered (graceful_timeout_s passed); retry")
+        )
+        if ended:
+            log.warning("drain deadline passed: %d request(s) still in flight answered 503", ended)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry: a hot route to InferenceRoutes (405 unless POST), the rest to Starlette."""

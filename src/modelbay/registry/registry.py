@@ -12,6 +12,7 @@ from modelbay.metrics import ModelMetrics
 from modelbay.predictor import Predictor
 from modelbay.runtime.batcher import Batcher
 from modelbay.runtime.cache import PredictionCache
+from modelbay.runtime.threads import DaemonThreadPool
 from modelbay.settings import BatchingConfig, CacheConfig
 
 
@@ -19,6 +20,8 @@ from modelbay.settings import BatchingConfig, CacheConfig
 class ServedModel:
     """One model version being served: its predictor, the batcher in front of it, its cache.
 
+    timeout_s: longest a request may take, in seconds (ModelConfig.timeout_s); None: no limit.
+    preprocess_threads: size of `hooks`, the model's own pool for its per-request hooks.
     ready:   True between a successful start and stop (OIP "model ready").
     metrics: bound by the Dataplane that serves it.
     """
@@ -29,10 +32,13 @@ class ServedModel:
     batching: BatchingConfig
     model_dir: Path | None = None
     cache_config: CacheConfig | None = None
+    timeout_s: float | None = 60.0
+    preprocess_threads: int = 2
     ready: bool = False
     batcher: Batcher = field(init=False)
     cache: PredictionCache | None = field(init=False, default=None)
     metrics: ModelMetrics | None = field(init=False, default=None)
+    hooks: DaemonThreadPool | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         default = self._default_output if self.batching.default_output is not None else None
@@ -41,6 +47,25 @@ class ServedModel:
         )
         if self.cache_config is not None:
             self.cache = PredictionCache(self.cache_config.max_entries, self.cache_config.ttl_s)
+
+    def start(self) -> None:
+        """Start the batcher and the hook threads on the running event loop; the model is then ready."""
+        self.batcher.start()
+        if self.predictor.preprocess_in_thread:
+            self.hooks = DaemonThreadPool(self.preprocess_threads, f"modelbay-{self.name}-hooks")
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Not ready; stop the batcher (queued requests get ModelNotReady) and the hook threads."""
+        self.ready = False
+        await self.batcher.stop()
+        if self.hooks is not None:
+            self.hooks.shutdown(wait=True, cancel_futures=True)
+            self.hooks = None
+
+    def stalled(self) -> bool:
+        """True while a batch has been in the model for longer than `timeout_s` (hung model code)."""
+        return self.timeout_s is not None and self.batcher.stalled(self.timeout_s)
 
     def _default_output(self, item: Any) -> Any:
         """The configured default output as `item`'s output (`Predictor.default_output`)."""

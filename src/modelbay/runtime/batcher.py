@@ -12,13 +12,20 @@ import collections
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from modelbay.errors import InferenceFailed, InvalidInput, ModelbayError, ModelNotReady, Overloaded
+from modelbay.errors import (
+    InferenceFailed,
+    InvalidInput,
+    ModelbayError,
+    ModelNotReady,
+    Overloaded,
+    PayloadTooLarge,
+)
 from modelbay.runtime.adaptive import AdaptiveBatchSize
+from modelbay.runtime.threads import DaemonThreadPool
 from modelbay.settings import BatchingConfig
 
 log = logging.getLogger("modelbay.batcher")
@@ -27,12 +34,13 @@ log = logging.getLogger("modelbay.batcher")
 ARRIVAL_GAP_S = 0.001
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Pending:
     item: Any
     rows: int
     future: asyncio.Future[Any]
     enqueued_at: float
+    queued: bool = True
 
 
 @dataclass(slots=True)
@@ -108,16 +116,22 @@ class Batcher:
         self._waiter: asyncio.Future[None] | None = None
         self._wake_at_rows = 1
         self._task: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: DaemonThreadPool | None = None
+        self._running_since: float | None = None  # when the batch now in the model started
 
     @property
     def queue_depth(self) -> int:
         """Requests waiting to be batched now."""
         return len(self._queue)
 
+    def stalled(self, after_s: float) -> bool:
+        """True while one batch has been in the model for more than `after_s` seconds (hung code)."""
+        since = self._running_since
+        return since is not None and time.monotonic() - since > after_s
+
     def start(self) -> None:
         """Start the batching loop on the running event loop and the model's worker thread."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"modelbay-{self.name}")
+        self._executor = DaemonThreadPool(1, f"modelbay-{self.name}")
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
@@ -128,6 +142,7 @@ class Batcher:
             self._task = None
         while self._queue:
             pending = self._queue.popleft()
+            pending.queued = False
             if not pending.future.done():
                 pending.future.set_exception(ModelNotReady(f"model {self.name!r} is shutting down"))
         self._queued_rows = 0
@@ -136,33 +151,75 @@ class Batcher:
             self._executor = None
 
     async def submit(self, item: Any) -> Any:
-        """Queue one item and wait for its output.
+        """Queue one item and wait for its output: `submit_many([item])[0]`; raises what it raises."""
+        (output,) = await self.submit_many((item,))
+        return output
 
-        Raises InvalidInput if the item has more rows than `max_batch_size`; Overloaded if
-        `max_queue_size` requests already wait; ModelNotReady if the batcher is not running;
-        InferenceFailed (or the predictor's own ModelbayError) if the model fails on it.
+    async def submit_many(self, items: Sequence[Any]) -> list[Any]:
+        """Queue the items of one request together and wait for all their outputs, in order.
+
+        All or nothing: the items are checked before any is queued, and when one fails or the
+        caller is cancelled (client gone, deadline passed), the others are withdrawn from the
+        queue and never run.
+        Raises InvalidInput if an item has no rows or more than `max_batch_size`;
+        PayloadTooLarge if there are more items than `max_queue_size` (the model could never
+        take them); Overloaded if they do not fit in the queue now; ModelNotReady if the batcher
+        is not running; InferenceFailed (or the predictor's own ModelbayError) if the model fails.
         """
         if self._task is None:
             raise ModelNotReady(f"model {self.name!r} is not running")
-        rows = self._rows(item)
-        if rows > self.config.max_batch_size:
-            raise InvalidInput(
-                f"request has {rows} rows, more than max_batch_size {self.config.max_batch_size} "
-                f"of model {self.name!r}; split it into smaller requests"
-            )
-        if len(self._queue) >= self.config.max_queue_size:
-            raise Overloaded(
-                f"model {self.name!r} has {len(self._queue)} requests queued "
-                f"(max_queue_size {self.config.max_queue_size}); retry later"
-            )
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(item, rows, future, time.monotonic()))
-        self._queued_rows += rows
-        self._arrivals += 1
+        try:
+            sizes = [self._rows(item) for item in items]
+        except BaseException as exc:  # model code (Predictor.rows), on the event loop
+            raise model_failure(self.name, exc) from exc
+        self._check(sizes)
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        batch = [
+            _Pending(item, rows, loop.create_future(), now) for item, rows in zip(items, sizes, strict=True)
+        ]
+        self._queue.extend(batch)
+        self._queued_rows += sum(sizes)
+        self._arrivals += len(batch)
         waiter = self._waiter
         if waiter is not None and self._queued_rows >= self._wake_at_rows and not waiter.done():
             waiter.set_result(None)
-        return await future
+        try:
+            return [await pending.future for pending in batch]
+        except BaseException:  # one failed, or the caller was cancelled: the rest must not run
+            self._withdraw(batch)
+            raise
+
+    def _check(self, sizes: list[int]) -> None:
+        """Refuse a request's items before any is queued (see `submit_many`)."""
+        limit = self.config.max_batch_size
+        for rows in sizes:
+            if not 1 <= rows <= limit:
+                raise InvalidInput(
+                    f"request has {rows} rows; model {self.name!r} takes 1 to {limit} (max_batch_size) "
+                    "per request" + ("; split it into smaller requests" if rows > limit else "")
+                )
+        most = self.config.max_queue_size
+        if len(sizes) > most:
+            raise PayloadTooLarge(
+                f"request has {len(sizes)} examples; model {self.name!r} queues at most {most} "
+                "(max_queue_size): send fewer per request"
+            )
+        if len(self._queue) + len(sizes) > most:
+            raise Overloaded(
+                f"model {self.name!r} has {len(self._queue)} requests queued "
+                f"(max_queue_size {most}); retry later"
+            )
+
+    def _withdraw(self, batch: list[_Pending]) -> None:
+        """Cancel the unanswered items of a request that ended, and take those still queued off the queue."""
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.cancel()
+            if pending.queued:
+                self._queue.remove(pending)
+                self._queued_rows -= pending.rows
+                pending.queued = False
 
     async def _loop(self) -> None:
         while True:
@@ -238,6 +295,7 @@ class Batcher:
         limit = self.batch_limit
         while self._queue and (rows == 0 or rows + self._queue[0].rows <= limit):
             pending = self._queue.popleft()
+            pending.queued = False
             self._queued_rows -= pending.rows
             if pending.future.done():  # cancelled: the client disconnected or timed out
                 continue
@@ -259,36 +317,47 @@ class Batcher:
         answered = 0
         while self._queue and self._queue[0].enqueued_at < cutoff:
             pending = self._queue.popleft()
+            pending.queued = False
             self._queued_rows -= pending.rows
             answered += 1
             if pending.future.done():
                 continue
             try:
                 output = DefaultOutput(self._default(pending.item))
-            except Exception as exc:
+            except BaseException as exc:  # model code on the event loop: that request's failure
                 self._fail(pending, exc)
                 continue
             pending.future.set_result(output)
         return answered
 
     async def _run(self, batch: list[_Pending]) -> None:
+        """One forward pass over `batch`; each request gets its output, or its failure.
+
+        When the pass fails, the batch is split in halves and each half run again, down to single
+        requests, so a bad request fails alone and good ones pay O(log n) extra passes, not n.
+        Every pass counts as a batch (stats, metrics).
+        """
         loop = asyncio.get_running_loop()
         items = [pending.item for pending in batch]
         rows = sum(pending.rows for pending in batch)
         self.stats.batches += 1
         self.stats.items += len(batch)
         self.stats.rows += rows
-        started = time.monotonic()
+        started = self._running_since = time.monotonic()
         try:
             outputs = await loop.run_in_executor(self._executor, self._checked_predict, items)
         except Exception as exc:
             if len(batch) == 1:
                 self._fail(batch[0], exc)
                 return
-            # Isolate the failure: run each request alone so good ones are not failed with a bad one.
-            for pending in batch:
-                await self._run_alone(pending)
+            half = len(batch) // 2
+            for part in (batch[:half], batch[half:]):
+                live = [pending for pending in part if not pending.future.done()]
+                if live:
+                    await self._run(live)
             return
+        finally:
+            self._running_since = None
         finished = time.monotonic()
         if self.adaptive is not None:
             self.adaptive.observe(rows, finished - started)
@@ -299,18 +368,6 @@ class Batcher:
             if not pending.future.done():
                 pending.future.set_result(output)
 
-    async def _run_alone(self, pending: _Pending) -> None:
-        if pending.future.done():
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            (output,) = await loop.run_in_executor(self._executor, self._checked_predict, [pending.item])
-        except Exception as exc:
-            self._fail(pending, exc)
-            return
-        if not pending.future.done():
-            pending.future.set_result(output)
-
     def _checked_predict(self, items: list[Any]) -> list[Any]:
         outputs = self._predict(items)
         if not isinstance(outputs, list | tuple) or len(outputs) != len(items):
@@ -320,7 +377,7 @@ class Batcher:
             )
         return list(outputs)
 
-    def _fail(self, pending: _Pending, exc: Exception) -> None:
+    def _fail(self, pending: _Pending, exc: BaseException) -> None:
         self.stats.failed += 1
         if not pending.future.done():
             pending.future.set_exception(model_failure(self.name, exc))
@@ -331,16 +388,18 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-def model_failure(model: str, exc: Exception) -> ModelbayError:
+def model_failure(model: str, exc: BaseException) -> ModelbayError:
     """What a client is told when model code raised `exc`.
 
     A ModelbayError other than InferenceFailed (e.g. InvalidInput raised by a handler) passes
-    through unchanged. Anything else is logged with its traceback under a fresh error id and
-    becomes InferenceFailed (HTTP 500) whose message carries that id.
+    through unchanged: its message is meant for the client. Anything else is logged with its
+    traceback under a fresh error id and becomes InferenceFailed (HTTP 500) that says only that
+    the model failed and the id: exception text can hold paths and secrets (issue 9, item 12).
     """
     if isinstance(exc, ModelbayError) and not isinstance(exc, InferenceFailed):
         return exc
     error_id = uuid.uuid4().hex[:12]
     log.error("model %r failed (error id %s)", model, error_id, exc_info=exc)
-    detail = exc.message if isinstance(exc, ModelbayError) else f"{type(exc).__name__}: {exc}"
-    return InferenceFailed(f"model {model!r} failed: {detail} (error id {error_id})", error_id)
+    return InferenceFailed(
+        f"model {model!r} failed (error id {error_id}; the server log has the details)", error_id
+    )

@@ -15,14 +15,18 @@ from typing import Any
 import numpy as np
 
 from modelbay import __version__
-from modelbay.errors import InvalidInput, ModelNotReady
+from modelbay.errors import DeadlineExceeded, InvalidInput, ModelbayError, ModelNotReady, PayloadTooLarge
 from modelbay.metrics import Metrics
 from modelbay.registry.registry import ModelRegistry, ServedModel
 from modelbay.runtime.batcher import DefaultOutput, model_failure
 from modelbay.runtime.cache import request_key
+from modelbay.runtime.context import RequestContext
 from modelbay.types import InferenceRequest, InferenceResponse
 
 SERVER_NAME = "modelbay"
+# OIP server metadata `extensions`: the optional parts of the protocol this server has
+# (Triton's names: the binary tensor data extension of REST).
+EXTENSIONS = ["binary_tensor_data"]
 
 
 @dataclass(slots=True)
@@ -45,38 +49,54 @@ class Dataplane:
     def __init__(self, registry: ModelRegistry, metrics: Metrics | None = None) -> None:
         self.registry = registry
         self.metrics = metrics or Metrics()
+        self._in_flight: set[RequestContext] = set()
         for model in registry:
             model.metrics = self.metrics.for_model(model.name, model.version, _depth(model))
             model.batcher.observer = model.metrics
 
     async def start(self) -> None:
-        """Start every model's batcher on the running loop and mark the models ready."""
+        """Start every model's batcher and hook threads on the running loop; the models are ready."""
         for model in self.registry:
-            model.batcher.start()
-            model.ready = True
+            model.start()
 
     async def stop(self) -> None:
-        """Mark models not ready, then stop their batchers (queued requests get ModelNotReady)."""
+        """Mark models not ready, then stop them (queued requests get ModelNotReady)."""
         for model in self.registry:
             model.ready = False
-        await asyncio.gather(*(model.batcher.stop() for model in self.registry))
+        await asyncio.gather(*(model.stop() for model in self.registry))
         self.metrics.close()
+
+    @property
+    def in_flight(self) -> int:
+        """Inference requests being served now (in hooks, queued or in the model)."""
+        return len(self._in_flight)
+
+    def end_in_flight(self, reason: ModelbayError) -> int:
+        """End every request in flight with `reason` (the drain deadline passed); returns how many."""
+        ended = list(self._in_flight)
+        for context in ended:
+            context.end(reason)
+        return len(ended)
 
     def live(self) -> bool:
         """OIP server live: the process can answer. Always True while it can answer at all."""
         return True
 
     def ready(self) -> bool:
-        """OIP server ready: every served model is ready."""
-        return all(model.ready for model in self.registry)
+        """OIP server ready: every served model is ready (see `model_ready`)."""
+        return all(model.ready and not model.stalled() for model in self.registry)
 
     def server_metadata(self) -> dict[str, Any]:
         """OIP `$metadata_server_response`: name, version, extensions."""
-        return {"name": SERVER_NAME, "version": __version__, "extensions": []}
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
-        """OIP model ready. Raises ModelNotFound for an unknown model or version."""
-        return self.registry.get(name, version).ready
+        """OIP model ready: started, not stopping, and no batch stuck in the model past its `timeout_s`
+        (hung model code: it answers nothing, so it is not ready). Raises ModelNotFound for an
+        unknown model or version.
+        """
+        model = self.registry.get(name, version)
+        return model.ready and not model.stalled()
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         """OIP `$metadata_model_response`: name, versions, platform, inputs, outputs.
@@ -93,21 +113,27 @@ class Dataplane:
             "outputs": [spec.metadata() for spec in predictor.outputs],
         }
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+    async def infer(
+        self, request: InferenceRequest, context: RequestContext | None = None
+    ) -> InferenceResponse:
         """Run one OIP inference request through the model's cache and batcher.
 
         The response's parameters say {"default_output": true} when the model's default output
         answered it (it would have missed the SLO; `batching.default_output`).
+        context: the door's RequestContext (its deadline, its means to end the request); None
+        makes a fresh one. The request is ended at the earlier of its deadline and the model's
+        `timeout_s` (DeadlineExceeded), when its client goes (ClientGone), or at the drain deadline.
 
         Raises ModelNotFound, ModelNotReady, InvalidInput (inputs that do not match the model, an
-        unknown requested output), Overloaded, or InferenceFailed (the model failed).
+        unknown requested output), Overloaded, DeadlineExceeded, InferenceFailed (the model failed),
+        or the reason the request was ended.
         """
         started = time.perf_counter()
         model = None
         try:
             model = self._ready_model(request.model_name, request.model_version)
             if model.cache is None:
-                outputs, defaulted = await _infer(model, request.inputs)
+                outputs, defaulted = await self._within(context, model, _infer(model, request.inputs))
             else:
                 key = request_key(
                     [
@@ -115,9 +141,10 @@ class Dataplane:
                         *(part for name in sorted(request.inputs) for part in (name, request.inputs[name])),
                     ]
                 )
-                outputs, defaulted = await _cached(
+                compute = _cached(
                     model, key, lambda: _infer(model, request.inputs), keep=lambda answer: not answer[1]
                 )
+                outputs, defaulted = await self._within(context, model, compute)
             if request.outputs is not None:
                 unknown = [name for name in request.outputs if name not in outputs]
                 if unknown:
@@ -132,23 +159,34 @@ class Dataplane:
         _count_defaults(model, 1)
         return InferenceResponse(model.name, model.version, outputs, request.id, {"default_output": True})
 
-    async def predict(self, name: str, version: str | None, examples: list[Any]) -> PredictResult:
+    async def predict(
+        self, name: str, version: str | None, examples: list[Any], context: RequestContext | None = None
+    ) -> PredictResult:
         """The simple door: each example preprocessed, batched, postprocessed; one prediction each.
 
-        examples: raw bytes or JSON values, one per prediction wanted.
+        examples: raw bytes or JSON values, one per prediction wanted; at most the model's
+        `max_queue_size` (more: PayloadTooLarge, 413), queued together or not at all.
         Raises what `infer` raises.
         """
         started = time.perf_counter()
         model = None
         try:
             model = self._ready_model(name, version)
+            if not examples:
+                raise InvalidInput("the request has no examples; send at least one")
+            if len(examples) > model.batching.max_queue_size:
+                raise PayloadTooLarge(
+                    f"request has {len(examples)} examples; model {name!r} queues at most "
+                    f"{model.batching.max_queue_size} (max_queue_size): send fewer per request"
+                )
             if model.cache is None:
-                predictions, defaults = await _predict(model, examples)
+                predictions, defaults = await self._within(context, model, _predict(model, examples))
             else:
                 key = request_key(["predict", *examples])
-                predictions, defaults = await _cached(
+                compute = _cached(
                     model, key, lambda: _predict(model, examples), keep=lambda answer: not answer[1]
                 )
+                predictions, defaults = await self._within(context, model, compute)
         except Exception as exc:
             self._record(model, "predict", started, exc)
             raise
@@ -156,6 +194,35 @@ class Dataplane:
         if defaults:
             _count_defaults(model, len(defaults))
         return PredictResult(model.name, model.version, predictions, defaults)
+
+    async def _within(self, context: RequestContext | None, model: ServedModel, work: Awaitable[Any]) -> Any:
+        """Await `work` as one request: ended at its deadline, by its client, or by the drain.
+
+        The request's task is cancelled when it is ended, so whatever it awaits (a hook thread's
+        answer, its place in the batcher's queue) is cancelled with it; the reason is raised here.
+        """
+        context = context or RequestContext()
+        task = context.task = asyncio.current_task()
+        deadline = context.deadline
+        if model.timeout_s is not None:
+            limit = time.monotonic() + model.timeout_s
+            deadline = limit if deadline is None else min(deadline, limit)
+        timer = None
+        if deadline is not None:
+            timer = asyncio.get_running_loop().call_at(deadline, _expire, context, model)
+        self._in_flight.add(context)
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if context.reason is None or task is None:
+                raise
+            task.uncancel()
+            raise context.reason from None
+        finally:
+            context.task = None
+            self._in_flight.discard(context)
+            if timer is not None:
+                timer.cancel()
 
     def _ready_model(self, name: str, version: str | None) -> ServedModel:
         model = self.registry.get(name, version)
@@ -170,6 +237,15 @@ class Dataplane:
             model.metrics.on_request(door, time.perf_counter() - started, error)
         elif error is not None:  # an unknown model: never its name as a label value
             self.metrics.requests.labels("", "", door, type(error).__name__).inc()
+
+
+def _expire(context: RequestContext, model: ServedModel) -> None:
+    context.end(
+        DeadlineExceeded(
+            f"model {model.name!r} did not answer within the request's deadline (its timeout_s is "
+            f"{model.timeout_s} s); a request still queued was dropped without running"
+        )
+    )
 
 
 def _depth(model: ServedModel) -> Callable[[], float]:
@@ -198,10 +274,7 @@ async def _predict(model: ServedModel, examples: list[Any]) -> tuple[list[Any], 
     in_thread = predictor.preprocess_in_thread
     pre, post = predictor.preprocess, predictor.postprocess
     items = [await _call(model, pre, x) if in_thread else _hook(model, pre, x) for x in examples]
-    if len(items) == 1:  # the common case: no gather, no extra Task per request
-        outputs = [await model.batcher.submit(items[0])]
-    else:
-        outputs = await asyncio.gather(*(model.batcher.submit(item) for item in items))
+    outputs = await model.batcher.submit_many(items)
     defaults = [index for index, y in enumerate(outputs) if isinstance(y, DefaultOutput)]
     if defaults:
         outputs = [y.value if isinstance(y, DefaultOutput) else y for y in outputs]
@@ -224,16 +297,17 @@ async def _cached(
 
 
 async def _call(model: ServedModel, hook: Callable[[Any], Any], arg: Any) -> Any:
-    """Run a per-request predictor hook off the event loop (the predictor's `preprocess_in_thread`)."""
-    return await asyncio.to_thread(_hook, model, hook, arg)
+    """Run a per-request predictor hook on the model's own hook threads (`preprocess_in_thread`):
+    a hook that hangs holds only this model's threads, never the event loop or another model."""
+    return await asyncio.get_running_loop().run_in_executor(model.hooks, _hook, model, hook, arg)
 
 
 def _hook(model: ServedModel, hook: Callable[[Any], Any], arg: Any) -> Any:
-    """Run a per-request predictor hook. A ModelbayError from it passes through; anything else is
-    the model's failure (500)."""
+    """Run a per-request predictor hook. A ModelbayError from it passes through; anything else,
+    even SystemExit, is the model's failure (500) for this request only."""
     try:
         return hook(arg)
-    except Exception as exc:
+    except BaseException as exc:
         failure = model_failure(model.name, exc)
         if failure is exc:
             raise

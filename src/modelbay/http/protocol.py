@@ -1,0 +1,77 @@
+"""uvicorn's HTTP protocol (httptools) with a read timeout: slow clients cannot hold connections open.
+
+uvicorn closes idle keep-alive connections, but not one whose client sends half a request and then
+waits (slowloris): such a connection is held for ever, and enough of them exhaust the process's
+file descriptors (issue 9, item 10). Here every request must arrive whole, headers and body, within
+`read_timeout_s` of its first byte (a new connection: of its opening); otherwise it is answered
+408 and the connection is closed. The timer runs per connection, not per request on the hot path
+of the app, and is off while the app works on a request that has fully arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from modelbay.codecs.oip_json import encode_json
+
+
+class ReadTimeoutProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol that answers 408 and closes a connection whose request is late.
+
+    read_timeout_s: seconds a request has to arrive whole (set per server by `protocol_class`).
+    """
+
+    read_timeout_s: float = 30.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._read_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()
+
+    def _arm(self) -> None:
+        if self._read_timer is None:
+            self._read_timer = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
+
+    def _disarm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            message = f"the request did not arrive whole within {self.read_timeout_s:g} s (read_timeout_s)"
+            body = encode_json({"error": message})
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            )
+            if cycle is not None:
+                cycle.disconnected = True  # the app reads a disconnect, and anything it sends is dropped
+        self.transport.close()
+
+
+def protocol_class(read_timeout_s: float) -> type[ReadTimeoutProtocol]:
+    """A ReadTimeoutProtocol subclass with `read_timeout_s` set, for `uvicorn.Config(http=...)`."""
+    return type("ModelbayHttpProtocol", (ReadTimeoutProtocol,), {"read_timeout_s": read_timeout_s})

@@ -1,0 +1,45 @@
+"""One request's context: the door creates it, the core reads and enforces it.
+
+It carries the request's deadline and the means to end the request early for a reason: its
+deadline passed (DeadlineExceeded, 504), its client went away (ClientGone: nothing to answer),
+or the server's drain deadline passed (Unavailable, 503). Ending a request cancels the asyncio task
+that serves it, so whatever it awaits is cancelled with it: a request still queued in a batcher
+leaves the queue at once and never runs (issue 9, items 2 and 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from modelbay.errors import ModelbayError
+
+
+class ClientGone(Exception):
+    """The client closed its connection (or cancelled its call) before the answer; no one to tell."""
+
+
+@dataclass(slots=True, eq=False)
+class RequestContext:
+    """The life of one inference request as the dataplane sees it.
+
+    deadline: `time.monotonic()` seconds (the event loop's clock) by which the request must be
+              answered, as the door knows it (a gRPC client's deadline); None: no limit from the
+              door. The dataplane narrows it by the model's `timeout_s`.
+    task:     the asyncio task serving the request; the dataplane fills it in.
+    reason:   why the request was ended early, once it was (see `end`).
+    """
+
+    deadline: float | None = None
+    task: asyncio.Task[object] | None = None
+    reason: ModelbayError | ClientGone | None = None
+
+    def end(self, reason: ModelbayError | ClientGone) -> None:
+        """End the request now: its task is cancelled, and the dataplane raises `reason` in its place.
+
+        Only the first reason counts; a request already answered (no task) is left alone.
+        """
+        task = self.task
+        if self.reason is None and task is not None and not task.done():
+            self.reason = reason
+            task.cancel()
