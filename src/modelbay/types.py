@@ -115,6 +115,29 @@ def element_count(shape: list[int] | tuple[int, ...]) -> int:
     return math.prod(shape)
 
 
+# Bounds on a shape a request declares, checked before anything is sized from it. Far above any
+# real tensor; what they stop is a shape whose arithmetic alone breaks numpy ([2**63 - 1, 0]).
+MAX_DIMS = 32
+MAX_ELEMENTS = 2**40
+
+
+def declared_count(shape: list[int] | tuple[int, ...], name: str) -> int:
+    """The element count of a shape a request declares for input `name`, once it is known sane.
+
+    Every door calls this before it allocates from or reshapes to a declared shape, then compares
+    the count with the data that came (issue 9, item 6: sizes are checked against the body first).
+    Raises InvalidInput for a negative dimension, more than MAX_DIMS dimensions, or nonzero
+    dimensions whose product passes MAX_ELEMENTS.
+    """
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"input {name!r}: shape has {len(shape)} dimensions; at most {MAX_DIMS} are taken")
+    if any(dim < 0 for dim in shape):
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension")
+    if math.prod(dim for dim in shape if dim) > MAX_ELEMENTS:
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} has more than {MAX_ELEMENTS} elements")
+    return math.prod(shape)
+
+
 @dataclass(slots=True)
 class InferenceRequest:
     """One OIP inference request, decoded from any transport.

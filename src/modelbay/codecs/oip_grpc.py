@@ -14,7 +14,7 @@ from modelbay.codecs.oip_json import cast_strict
 from modelbay.codecs.raw import array_from_raw, raw_from_array
 from modelbay.errors import InvalidInput
 from modelbay.grpc.generated import grpc_predict_v2_pb2 as pb
-from modelbay.types import InferenceRequest, InferenceResponse, datatype_of, element_count, numpy_dtype
+from modelbay.types import InferenceRequest, InferenceResponse, datatype_of, declared_count, numpy_dtype
 
 # Which InferTensorContents field carries each datatype; FP16 has none (raw contents only).
 CONTENTS_FIELD = {
@@ -68,8 +68,7 @@ def array_from_contents(
     in another datatype's field, values out of range, or an element count that differs from the shape.
     """
     numpy_dtype(datatype)
-    if any(dim < 0 for dim in shape):
-        raise InvalidInput(f"input {name!r}: shape {shape} has a negative dimension")
+    count = declared_count(shape, name)
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidInput(
@@ -81,6 +80,10 @@ def array_from_contents(
     if filled:
         raise InvalidInput(f"input {name!r}: datatype {datatype} takes {field}, but {filled[0]} is set")
     values = getattr(contents, field)
+    if len(values) != count:
+        raise InvalidInput(
+            f"input {name!r}: shape {shape} needs {count} elements, contents has {len(values)}"
+        )
     if datatype == "BYTES":
         array = np.empty(len(values), dtype=object)
         array[:] = list(values)
@@ -88,10 +91,6 @@ def array_from_contents(
         array = np.array(values, dtype=np.bool_)
     else:
         array = cast_strict(np.array(values), datatype, name)
-    if array.size != element_count(shape):
-        raise InvalidInput(
-            f"input {name!r}: shape {shape} needs {element_count(shape)} elements, contents has {array.size}"
-        )
     return array.reshape(shape)
 
 

@@ -22,14 +22,40 @@ import numpy as np
 
 from modelbay.codecs.raw import array_from_raw, raw_from_array
 from modelbay.errors import InferenceFailed, InvalidInput
-from modelbay.types import InferenceRequest, InferenceResponse, datatype_of, element_count, numpy_dtype
+from modelbay.types import (
+    MAX_DIMS,
+    InferenceRequest,
+    InferenceResponse,
+    datatype_of,
+    declared_count,
+    element_count,
+    numpy_dtype,
+)
+
+
+def _nested(element: Any, depth: int = MAX_DIMS) -> Any:
+    """The type of JSON tensor data of `element`s: a scalar, or lists nested up to `depth` deep."""
+    kind = element
+    for _ in range(depth):
+        kind = element | list[kind]  # type: ignore[valid-type]
+    return kind
+
+
+# What JSON tensor data must hold, by datatype kind (OIP "Tensor Data"): numbers for numeric
+# datatypes (integers for the integer ones; a JSON integer is a fine FP32), booleans for BOOL,
+# strings for BYTES. Checked while decoding, in C: `true` among FP32 data or 1.5 among INT64 data
+# is refused, not silently turned into 1.0 / 1 (issue 9, item 9).
+_DATA_TYPES: dict[str, Any] = {"f": _nested(float), "i": _nested(int), "b": _nested(bool), "O": _nested(str)}
+_DATA_TYPES["u"] = _DATA_TYPES["i"]
+_DATA_DECODERS = {kind: msgspec.json.Decoder(data_type) for kind, data_type in _DATA_TYPES.items()}
+_WANTS = {"f": "numbers", "i": "integers", "u": "integers", "b": "booleans", "O": "strings"}
 
 
 class _RequestInput(msgspec.Struct):
     name: str
     shape: list[int]
     datatype: str
-    data: Any = msgspec.UNSET
+    data: msgspec.Raw = msgspec.UNSET  # type: ignore[assignment]  # decoded once the datatype is known
     parameters: dict[str, Any] | None = None
 
 
@@ -114,7 +140,9 @@ def decode_request(
         elif tensor.data is msgspec.UNSET:
             raise InvalidInput(f"input {tensor.name!r} has neither data nor parameters.binary_data_size")
         else:
-            inputs[tensor.name] = array_from_json(tensor.data, tensor.datatype, tensor.shape, tensor.name)
+            inputs[tensor.name] = _array_from_raw_json(
+                tensor.data, tensor.datatype, tensor.shape, tensor.name
+            )
     if offset != len(binary):
         raise InvalidInput(
             f"{len(binary) - offset} bytes of binary data are left after the inputs' binary_data_size values"
@@ -132,17 +160,40 @@ def decode_request(
 
 
 def array_from_json(data: Any, datatype: str, shape: list[int] | None, name: str) -> np.ndarray:
-    """JSON tensor data -> numpy array of `datatype`, reshaped to `shape` (None: as nested).
+    """JSON tensor data (decoded Python values) -> numpy array of `datatype`, reshaped to `shape`
+    (None: as nested).
 
-    Raises InvalidInput for ragged data, values of the wrong kind (e.g. 1.5 for INT64, 1 for BOOL,
-    a number for BYTES), integers out of the datatype's range, or an element count that differs
-    from the shape's.
+    Raises InvalidInput for values of the wrong kind (`true` or "1" for FP32, 1.5 for INT64, 1 for
+    BOOL, a number for BYTES), ragged data, values out of the datatype's range (integers, and
+    1e39 for FP32), a shape `declared_count` refuses, or an element count that differs from it.
     """
-    numpy_dtype(datatype)  # an unknown datatype fails first, whatever the data
-    if shape is not None and any(dim < 0 for dim in shape):
-        raise InvalidInput(f"input {name!r}: shape {shape} has a negative dimension")
+    kind = numpy_dtype(datatype).kind  # an unknown datatype fails first, whatever the data
+    if shape is not None:
+        declared_count(shape, name)
     try:
-        raw = np.asarray(data)
+        values = msgspec.convert(data, _DATA_TYPES[kind], strict=True)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"input {name!r}: {datatype} data must hold {_WANTS[kind]}: {exc}") from None
+    return _array(values, datatype, shape, name)
+
+
+def _array_from_raw_json(data: msgspec.Raw, datatype: str, shape: list[int], name: str) -> np.ndarray:
+    """`array_from_json` for the undecoded JSON of an OIP input's `data`: typed in one decoding pass."""
+    kind = numpy_dtype(datatype).kind
+    declared_count(shape, name)
+    try:
+        values = _DATA_DECODERS[kind].decode(data)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"input {name!r}: {datatype} data must hold {_WANTS[kind]}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"input {name!r}: data is not valid JSON: {exc}") from None
+    return _array(values, datatype, shape, name)
+
+
+def _array(values: Any, datatype: str, shape: list[int] | None, name: str) -> np.ndarray:
+    """Type-checked nested values -> the array of `datatype` and `shape` (already checked sane)."""
+    try:
+        raw = np.asarray(values)
     except ValueError as exc:
         raise InvalidInput(f"input {name!r}: data is not a regular (non-ragged) array: {exc}") from None
     if datatype == "BYTES":
@@ -161,8 +212,9 @@ def array_from_json(data: Any, datatype: str, shape: list[int] | None, name: str
 def cast_strict(raw: np.ndarray, datatype: str, name: str) -> np.ndarray:
     """Numbers decoded from the wire -> an array of numeric `datatype`, refusing lossy conversions.
 
-    Raises InvalidInput for booleans, strings or fractions where they do not belong, and for
-    integers outside the datatype's range.
+    Raises InvalidInput for booleans, strings or fractions where they do not belong, for integers
+    outside the datatype's range, and for numbers beyond a floating datatype's largest finite
+    value (1e39 would become FP32 inf: a silent wrong answer).
     """
     dtype = numpy_dtype(datatype)
     if raw.size == 0:
@@ -175,8 +227,12 @@ def cast_strict(raw: np.ndarray, datatype: str, name: str) -> np.ndarray:
             "O": "mixed or oversized values",
         }.get(raw.dtype.kind, f"{raw.dtype} values")
         raise InvalidInput(f"input {name!r}: datatype {datatype} cannot hold {got}")
+    info: np.iinfo[Any] | np.finfo[Any] | None = None
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
+    elif dtype.itemsize < raw.dtype.itemsize or raw.dtype.kind in "iu":
+        info = np.finfo(dtype)
+    if info is not None:
         low, high = raw.min(), raw.max()
         if low < info.min or high > info.max:
             raise InvalidInput(

@@ -13,7 +13,7 @@ import struct
 import numpy as np
 
 from modelbay.errors import InvalidInput
-from modelbay.types import element_count, numpy_dtype
+from modelbay.types import declared_count, numpy_dtype
 
 _LENGTH = struct.Struct("<I")
 
@@ -21,15 +21,19 @@ _LENGTH = struct.Struct("<I")
 def array_from_raw(data: bytes | memoryview, datatype: str, shape: list[int], name: str) -> np.ndarray:
     """Raw tensor bytes -> numpy array of `datatype` and `shape`.
 
-    The array shares memory with `data` (read-only) for fixed-size datatypes.
-    Raises InvalidInput for an unknown datatype, a negative dimension, a byte count that does not
-    match the shape, or a BYTES buffer whose length prefixes run past its end.
+    The array shares memory with `data` (read-only) for fixed-size datatypes. Nothing is
+    allocated before the shape is checked against the bytes that came.
+    Raises InvalidInput for an unknown datatype, a shape `declared_count` refuses, a byte count
+    that does not match the shape, or a BYTES buffer whose length prefixes run past its end.
     """
     dtype = numpy_dtype(datatype)
-    if any(dim < 0 for dim in shape):
-        raise InvalidInput(f"input {name!r}: shape {shape} has a negative dimension")
-    count = element_count(shape)
+    count = declared_count(shape, name)
     if datatype == "BYTES":
+        if count * _LENGTH.size > len(data):  # each element has at least its 4-byte length
+            raise InvalidInput(
+                f"input {name!r}: BYTES shape {shape} has {count} elements, which need at least "
+                f"{count * _LENGTH.size} bytes of raw data; got {len(data)}"
+            )
         return _bytes_from_raw(memoryview(data), count, name).reshape(shape)
     wire = dtype.newbyteorder("<")
     expected = count * dtype.itemsize
