@@ -1,13 +1,22 @@
 """Typed settings: the server's, and each served model's (`ModelConfig`, also the schema of `modelbay.yaml`).
 
 Sources, highest precedence first: CLI flags, a YAML file (`--config`), `MODELBAY_*` environment
-variables, the defaults below. Every source is a plain dict until `Settings.load` merges them and
-msgspec converts the result, so a misspelt key or a wrong type is one clear error naming the field.
-Nothing here reads the environment at import.
+variables, the defaults below. A model's settings have no environment variables; below what the user
+passed (flags, `--config`) sits the model folder's own `modelbay.yaml`, then the defaults:
+
+    server settings:  flag > --config file > MODELBAY_* variable > default
+    model settings:   flag > --config `models:` entry > the folder's modelbay.yaml > default
+
+Every source is a plain dict until `Settings.load` merges them and msgspec converts the result, so a
+misspelt key or a wrong type is one clear error naming the field, and a value that equals its
+default still counts as set (a converted struct no longer knows which values were given:
+`omit_defaults` drops them, so nothing is merged after conversion). Nothing here reads the
+environment at import.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +29,7 @@ from modelbay.errors import ModelLoadError
 
 MANIFEST_NAME = "modelbay.yaml"
 _T = TypeVar("_T")
+log = logging.getLogger("modelbay.settings")
 
 
 class _Config(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
@@ -86,7 +96,9 @@ class ImageConfig(_Config):
     resize:     the shorter side is resized to this many pixels (bilinear, antialiased); None keeps it.
     crop:       a centered square of this many pixels is cut out; None keeps the whole image.
     mean, std:  per-channel normalization applied after scaling pixels to [0, 1]; None skips it.
-    max_pixels: images with more pixels than this are refused before decoding (decompression bombs).
+    max_pixels: images with more pixels than this are refused before decoding (decompression bombs);
+                the default, 4096 x 4096, admits a 12-16 MP photo and bounds one decode to ~50 MB
+                (RGB), with at most `preprocess_threads` decodes at once per model.
     """
 
     mode: str = "RGB"
@@ -94,7 +106,7 @@ class ImageConfig(_Config):
     crop: int | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
-    max_pixels: int = 40_000_000
+    max_pixels: int = 4096 * 4096
 
 
 class TensorConfig(_Config):
@@ -107,6 +119,9 @@ class TensorConfig(_Config):
 
 class ModelConfig(_Config):
     """How to load and serve one model: the CLI flags, a `models:` entry in YAML, or `modelbay.yaml`.
+
+    A ModelConfig is complete: `Settings.load` (and `load_model` given a dict) merge a model folder's
+    modelbay.yaml under the entry before converting, and a ModelConfig is never merged again.
 
     path:        model file or model folder (relative paths in a manifest are relative to its folder).
     name:        name in URLs; defaults to the file's stem or the folder's name.
@@ -157,6 +172,9 @@ class ModelConfig(_Config):
             raise msgspec.ValidationError("preprocess_threads must be >= 1")
 
 
+_GROUPS = ("image", "batching", "cache")  # ModelConfig fields that are structs of settings
+
+
 class Settings(_Config):
     """Server settings.
 
@@ -201,9 +219,13 @@ class Settings(_Config):
         config_file: str | Path | None = None,
         overrides: Mapping[str, Any] | None = None,
         environ: Mapping[str, str] | None = None,
+        model_overrides: Mapping[str, Any] | None = None,
     ) -> Settings:
         """Merge defaults < `MODELBAY_*` variables of `environ` < YAML `config_file` < `overrides`.
 
+        The `models:` list comes whole from the highest source that has one; each entry is then
+        merged over its model folder's modelbay.yaml, and `model_overrides` (ModelConfig fields:
+        the CLI's model flags) over every entry (`model_entry`).
         Raises ModelLoadError naming the bad field when a value has the wrong type or is unknown.
         """
         merged: dict[str, Any] = {}
@@ -214,7 +236,72 @@ class Settings(_Config):
         if config_file is not None:
             merged = deep_merge(merged, read_yaml(Path(config_file)))
         merged = deep_merge(merged, dict(overrides or {}))
-        return convert(merged, cls, source=str(config_file or "settings"))
+        entries = merged.pop("models", [])
+        settings = convert(merged, cls, source=str(config_file or "settings"))
+        if not isinstance(entries, list):
+            raise ModelLoadError(f"{config_file or 'settings'}: models must be a list of model entries")
+        models = [model_config(model_entry(entry, model_overrides)) for entry in entries]
+        return msgspec.structs.replace(settings, models=models)
+
+
+def model_entry(entry: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One model's settings from every source, as a dict of ModelConfig fields (not converted yet).
+
+    entry:     a `models:` entry (from --config, a model repository or the CLI's PATHs).
+    overrides: fields set on the command line, for every model.
+    Returns the folder's modelbay.yaml (when `entry["path"]` is a model folder) < `entry` <
+    `overrides`, merged by `merge_model_settings`; an integer `version` becomes a string.
+    Raises ModelLoadError when the entry is not a mapping or its manifest cannot be read.
+    """
+    if not isinstance(entry, Mapping):
+        raise ModelLoadError(f"a models: entry must be a mapping of model settings, found {entry!r}")
+    given = merge_model_settings(entry, overrides or {})
+    folder = Path(str(given.get("path") or "")).expanduser()
+    manifest = read_manifest(folder, given) if given.get("path") and folder.is_dir() else {}
+    merged = merge_model_settings(manifest, given)
+    if isinstance(merged.get("version"), int):
+        merged["version"] = str(merged["version"])
+    return merged
+
+
+def merge_model_settings(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """Model settings `base` updated by `top`: field by field, and the groups `image`, `batching`
+    and `cache` key by key; any other value (arch_kwargs, inputs, default_output) is replaced whole."""
+    out = dict(base)
+    for key, value in top.items():
+        if key in _GROUPS and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def model_config(fields: Mapping[str, Any]) -> ModelConfig:
+    """`fields` (from `model_entry`) as a ModelConfig. Raises ModelLoadError naming the model and field."""
+    path = Path(str(fields.get("path") or ""))
+    manifest = path / MANIFEST_NAME
+    source = str(manifest) if fields.get("path") and manifest.is_file() else f"model {fields.get('path')}"
+    return convert(fields, ModelConfig, source)
+
+
+def read_manifest(folder: Path, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings in `folder`'s modelbay.yaml, {} when it has none.
+
+    A manifest that sets `trust_pickle: true` while `given` (what the user passed) does not set
+    trust_pickle is logged as a WARNING: the folder alone then decides that code from its model
+    file runs. Raises ModelLoadError when the file is not a readable YAML mapping.
+    """
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        return {}
+    data = read_yaml(path)
+    if str(data.get("trust_pickle")).lower() in ("true", "1") and "trust_pickle" not in (given or {}):
+        log.warning(
+            "the manifest at %s enabled unpickling (trust_pickle: true): code from the model file will "
+            "run when it loads; remove that line unless you trust where this folder came from",
+            path,
+        )
+    return data
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -244,11 +331,8 @@ def convert(data: Mapping[str, Any], kind: type[_T], source: str) -> _T:
 
     Raises ModelLoadError with msgspec's path to the bad field, e.g. "$.batching.max_batch_size".
     """
-    data = dict(data)
-    if isinstance(data.get("version"), int):
-        data["version"] = str(data["version"])
     try:
-        return msgspec.convert(data, kind, strict=False)
+        return msgspec.convert(dict(data), kind, strict=False)
     except msgspec.ValidationError as exc:
         raise ModelLoadError(f"{source}: {exc}") from exc
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +21,73 @@ from modelbay.errors import ModelbayError, ModelLoadError
 from modelbay.registry.repository import is_repository, scan_repository
 from modelbay.server import DEFAULT_MODEL, Server, run_workers
 from modelbay.settings import Settings, environment
+from modelbay.types import DATATYPES
+
+# `modelbay serve` flags, by the settings field each one sets.
+SERVER_FLAGS = (
+    "host",
+    "port",
+    "grpc_port",
+    "workers",
+    "max_body_bytes",
+    "graceful_timeout_s",
+    "read_timeout_s",
+    "max_connections",
+    "log_level",
+)
+MODEL_FLAGS = (
+    "name",
+    "version",
+    "format",
+    "task",
+    "arch",
+    "arch_kwargs",
+    "trust_pickle",
+    "timeout_s",
+    "preprocess_threads",
+    "inputs",
+    "outputs",
+)
+BATCHING_FLAGS = ("max_batch_size", "max_queue_delay_ms", "max_queue_size")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modelbay", description="Serve trained models over HTTP.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def tensor_spec(text: str) -> dict[str, Any]:
+    """`NAME:DATATYPE:SHAPE` (`--input x:FP32:-1,4`) as a TensorConfig dict; -1 in SHAPE is any
+    size, and `NAME:DATATYPE` leaves the shape unknown (not checked).
+
+    Raises argparse.ArgumentTypeError, which argparse reports with the usage and exit status 2.
+    """
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0]:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:DATATYPE:SHAPE, e.g. x:FP32:-1,4")
+    datatype = parts[1].upper()
+    if datatype not in DATATYPES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: unknown datatype {parts[1]!r}; expected one of {', '.join(DATATYPES)}"
+        )
+    spec: dict[str, Any] = {"name": parts[0], "datatype": datatype}
+    if len(parts) == 3:
+        try:
+            spec["shape"] = [int(dim) for dim in parts[2].split(",")]
+        except ValueError:
+            spec["shape"] = None
+        if spec["shape"] is None or any(dim < -1 for dim in spec["shape"]):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: SHAPE must be sizes separated by commas, each >= 0 or -1 (any size)"
+            )
+    return spec
+
+
+def parser() -> argparse.ArgumentParser:
+    """The `modelbay` command line: `serve`, `predict` and `version`."""
+    root = argparse.ArgumentParser(prog="modelbay", description="Serve trained models over HTTP.")
+    commands = root.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve",
         help="serve model files, model folders or a model repository",
         description="Serve models. With no PATH (and no models in --config), serves the bundled digits "
-        "classifier. Settings: these flags > --config YAML > MODELBAY_* environment variables.",
+        "classifier. Settings: these flags > --config YAML > MODELBAY_* environment variables > "
+        "defaults; a model's: these flags > its --config entry > its folder's modelbay.yaml > defaults.",
     )
     serve.add_argument(
         "paths", nargs="*", metavar="PATH", help="model file, model folder or model repository"
@@ -41,9 +100,35 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int, help="server processes sharing the ports (default 1; up to one per core)"
     )
+    serve.add_argument(
+        "--graceful-timeout-s", type=float, help="on SIGTERM, seconds in-flight requests may still take (30)"
+    )
+    serve.add_argument(
+        "--read-timeout-s", type=float, help="seconds a request's headers, then its body, may take (30)"
+    )
+    serve.add_argument(
+        "--max-connections", type=int, help="HTTP connections at once; past it, 503 at once (1000)"
+    )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    model = serve.add_argument_group("model (applies to every PATH)")
-    model.add_argument("--name", help="model name in URLs (one PATH only; default: file or folder name)")
+    _model_arguments(serve.add_argument_group("model (applies to every PATH, or every model in --config)"))
+    predict = commands.add_parser(
+        "predict",
+        help="send files to a running server's simple door and print the predictions",
+        description="POST each FILE (e.g. an image) to /predict/MODEL and print the answer.",
+    )
+    predict.add_argument("model", metavar="MODEL")
+    predict.add_argument("files", nargs="+", metavar="FILE")
+    predict.add_argument(
+        "--url", help="server URL (default: http://MODELBAY_HOST:MODELBAY_PORT, else http://127.0.0.1:8000)"
+    )
+    predict.add_argument("--model-version", dest="version", help="model version (default: the highest)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per line: file, predictions")
+    commands.add_parser("version", help="print the version")
+    return root
+
+
+def _model_arguments(model: argparse._ArgumentGroup) -> None:
+    model.add_argument("--name", help="model name in URLs (one model only; default: file or folder name)")
     model.add_argument("--model-version", dest="version", help="model version (default 1)")
     model.add_argument(
         "--format", help="skip detection: torchscript, exported, checkpoint, safetensors, onnx"
@@ -53,31 +138,39 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--arch-kwargs", type=json.loads, help="JSON object of keyword arguments for --arch")
     model.add_argument(
         "--trust-pickle",
-        action="store_true",
-        default=None,
+        action=argparse.BooleanOptionalAction,
         help="allow unpickling a full torch.save(model) file (runs code from the file)",
     )
     model.add_argument("--max-batch-size", type=int, help="most rows merged into one forward pass")
     model.add_argument("--max-queue-delay-ms", type=float, help="longest wait for a batch to fill, in ms")
     model.add_argument("--max-queue-size", type=int, help="most queued requests before 503")
-    predict = commands.add_parser(
-        "predict",
-        help="send files to a running server's simple door and print the predictions",
-        description="POST each FILE (e.g. an image) to /predict/MODEL and print the answer.",
+    model.add_argument(
+        "--timeout-s", type=float, help="longest a request may take, in seconds, before 504 (60)"
     )
-    predict.add_argument("model", metavar="MODEL")
-    predict.add_argument("files", nargs="+", metavar="FILE")
-    predict.add_argument("--url", default="http://127.0.0.1:8000", help="server URL (default %(default)s)")
-    predict.add_argument("--model-version", dest="version", help="model version (default: the highest)")
-    predict.add_argument("--json", action="store_true", help="one JSON object per line: file, predictions")
-    commands.add_parser("version", help="print the version")
-    return parser
+    model.add_argument(
+        "--preprocess-threads", type=int, help="threads of the model's own pool for its request hooks (2)"
+    )
+    for role in ("input", "output"):
+        model.add_argument(
+            f"--{role}",
+            dest=f"{role}s",
+            action="append",
+            type=tensor_spec,
+            metavar="NAME:DATATYPE:SHAPE",
+            help=f"declare a model {role}, e.g. x:FP32:-1,4 (-1: any size); repeat for each, in order",
+        )
 
 
 def predict(args: argparse.Namespace) -> int:
-    """Print the server's predictions for each file; exit status 1 if any request failed."""
+    """Print the server's predictions for each file; exit status 1 if any request failed, 2 if
+    MODELBAY_HOST / MODELBAY_PORT (read when --url is not given) are not a host and a port."""
+    try:
+        url = args.url or default_url(environment())
+    except ModelLoadError as exc:
+        print(f"modelbay: {exc.message}", file=sys.stderr)
+        return 2
     status = 0
-    with Client(args.url) as client:
+    with Client(url) as client:
         for name in args.files:
             try:
                 predictions = client.predict(args.model, Path(name), version=args.version)
@@ -92,6 +185,16 @@ def predict(args: argparse.Namespace) -> int:
     return status
 
 
+def default_url(environ: Mapping[str, str]) -> str:
+    """The URL of a `modelbay serve` on this machine started with the same `MODELBAY_HOST` and
+    `MODELBAY_PORT` in `environ` (default http://127.0.0.1:8000). A wildcard host (0.0.0.0, ::)
+    is reached on loopback. Raises ModelLoadError when they are not a host and a port."""
+    names = ("MODELBAY_HOST", "MODELBAY_PORT")
+    settings = Settings.load(environ={name: environ[name] for name in names if name in environ})
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
+
+
 def _readable(predictions: Any) -> str:
     """Top-k answers as "label (score), ..."; anything else as compact JSON."""
     if (
@@ -103,48 +206,96 @@ def _readable(predictions: Any) -> str:
     return json.dumps(predictions)
 
 
-def _model_entries(args: argparse.Namespace) -> list[dict[str, Any]]:
-    if args.name and len(args.paths) > 1:
-        raise ModelLoadError("--name needs exactly one PATH")
-    common = {
-        key: getattr(args, key)
-        for key in ("name", "version", "format", "task", "arch", "arch_kwargs", "trust_pickle")
-    }
-    batching = {key: getattr(args, key) for key in ("max_batch_size", "max_queue_delay_ms", "max_queue_size")}
-    overrides = {key: value for key, value in common.items() if value is not None}
-    if any(value is not None for value in batching.values()):
-        overrides["batching"] = {key: value for key, value in batching.items() if value is not None}
-    entries = []
-    for raw in args.paths:
-        path = Path(raw)
-        found = scan_repository(path) if is_repository(path) else [{"path": raw}]
-        entries += [{**entry, **overrides} for entry in found]
-    return entries
+def serve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """The settings `modelbay serve` runs with: its flags over --config over `environ`'s MODELBAY_*
+    variables; the model flags over every model's entry over its folder's modelbay.yaml.
+
+    Models: the PATHs (a repository gives one per model version), else --config's models:, else
+    the bundled digits classifier. Raises ModelLoadError for a bad value or --name with more than
+    one model.
+    """
+    given = {key: getattr(args, key) for key in SERVER_FLAGS}
+    overrides: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
+    model_flags = _model_flags(args)
+    entries = [entry for raw in args.paths for entry in _path_entries(Path(raw))]
+    if entries:
+        overrides["models"] = entries
+    settings = Settings.load(args.config, overrides, environ, model_flags)
+    if not settings.models:
+        overrides["models"] = [{"path": str(DEFAULT_MODEL)}]
+        settings = Settings.load(args.config, overrides, environ, model_flags)
+    if args.name and len(settings.models) > 1:
+        raise ModelLoadError(f"--name needs exactly one model, not {len(settings.models)}")
+    return settings
+
+
+def _model_flags(args: argparse.Namespace) -> dict[str, Any]:
+    flags = {key: getattr(args, key) for key in MODEL_FLAGS if getattr(args, key) is not None}
+    batching = {key: getattr(args, key) for key in BATCHING_FLAGS if getattr(args, key) is not None}
+    return {**flags, "batching": batching} if batching else flags
+
+
+def _path_entries(path: Path) -> list[dict[str, Any]]:
+    return scan_repository(path) if is_repository(path) else [{"path": str(path)}]
+
+
+def unbindable(host: str, port: int) -> OSError | None:
+    """Why `port` on `host` cannot be listened on now (e.g. EADDRINUSE), or None when it can.
+
+    Binds a probe as uvicorn (asyncio's create_server) and gRPC do: every address `host` resolves
+    to, SO_REUSEADDR (a port in TIME_WAIT is free), IPv6 sockets v6-only, and an address family the
+    machine lacks (EADDRNOTAVAIL) skipped. No SO_REUSEPORT, even with --workers > 1 (where gRPC
+    uses it): nothing of ours listens yet, so a process holding the port that way is not ours.
+    """
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return exc
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL:
+                    return exc
+    return None
+
+
+def port_problem(settings: Settings) -> str | None:
+    """A one-line reason why the HTTP or gRPC port of `settings` cannot be served, or None."""
+    doors = (
+        ("HTTP", settings.port, "--port N, or 0 for a free one"),
+        ("gRPC", settings.grpc_port, "--grpc-port N, or 0 for no gRPC"),
+    )
+    for door, port, instead in doors:
+        error = unbindable(settings.host, port) if port else None
+        if error is None:
+            continue
+        if error.errno == errno.EADDRINUSE:
+            return f"port {port} on {settings.host} is in use ({door}; pass {instead})"
+        return f"cannot listen on port {port} on {settings.host} ({door}): {error.strerror or error}"
+    return None
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Load settings and models, then serve until interrupted. Returns the exit status."""
+    """Load settings and models, then serve until interrupted. Returns the exit status: 2 when a
+    setting, a model or a port stops it before anything listens."""
     logging.basicConfig(
         level=(args.log_level or "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        flags = {
-            key: getattr(args, key)
-            for key in ("host", "port", "grpc_port", "workers", "max_body_bytes", "log_level")
-        }
-        overrides: dict[str, Any] = {key: value for key, value in flags.items() if value is not None}
-        entries = _model_entries(args)
-        if entries:
-            overrides["models"] = entries
-        settings = Settings.load(args.config, overrides, environment())
-        if not settings.models:
-            settings = Settings.load(
-                args.config, {**overrides, "models": [{"path": str(DEFAULT_MODEL)}]}, environment()
-            )
+        settings = serve_settings(args, environment())
         server = Server(settings)
         server.load()
     except ModelLoadError as exc:
         print(f"modelbay: cannot serve: {exc.message}", file=sys.stderr)
+        return 2
+    problem = port_problem(settings)
+    if problem is not None:
+        print(f"modelbay: cannot serve: {problem}", file=sys.stderr)
         return 2
     names = ", ".join(f"{model.name} (version {model.version})" for model in server.registry)
     where = f"http://{settings.host}:{settings.port}" if settings.port else "a free port (uvicorn logs it)"
@@ -166,7 +317,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `modelbay` command."""
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     if args.command == "version":
         print(__version__)
         return 0

@@ -1,8 +1,9 @@
 """Loading: a model file or folder -> a Predictor, whatever the artifact's format.
 
 `LOADERS` maps the detected `Format` to a loader module's `load(path, config) -> Runner`; adding a
-format is one module and one entry. A model folder is read first (its `modelbay.yaml` merged under
-the caller's settings); if it has a `predict.py`, that handler is the predictor.
+format is one module and one entry. A model folder's `modelbay.yaml` is merged under the caller's
+settings before they are converted (`modelbay.settings.model_entry`); if the folder has a
+`predict.py`, that handler is the predictor.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from modelbay.errors import ModelLoadError
 from modelbay.loading import checkpoint, exported, onnx, safetensors, torchscript
 from modelbay.loading.detect import HANDLER_NAME, Format, detect
 from modelbay.loading.handler import load_handler
 from modelbay.loading.runner import Runner
 from modelbay.predictor import Predictor
-from modelbay.settings import MANIFEST_NAME, ModelConfig, convert, deep_merge, read_yaml
+from modelbay.settings import MANIFEST_NAME, ModelConfig, model_config, model_entry
 from modelbay.tasks import make_predictor, tensor_specs
 
 LOADERS: dict[Format, Callable[[Path, ModelConfig], Runner]] = {
@@ -47,21 +50,23 @@ class LoadedModel:
         return self.config.name or "model"
 
 
-def load_model(entry: Mapping[str, Any]) -> LoadedModel:
-    """Build the predictor for one `models:` entry (ModelConfig fields; `path` is required).
+def load_model(entry: ModelConfig | Mapping[str, Any]) -> LoadedModel:
+    """Build the predictor for one model (`path` is required).
 
-    In a model folder, `entry` overrides the folder's modelbay.yaml field by field.
+    entry: a ModelConfig, complete as `Settings.load` makes it (a model folder's modelbay.yaml is
+           not read again), or a raw `models:` entry dict, merged over the folder's modelbay.yaml
+           here as `Settings.load` would (`model_entry`).
     Raises ModelLoadError saying what was found and what to do when anything cannot be loaded.
     """
-    if not entry.get("path"):
+    if isinstance(entry, Mapping):
+        if not entry.get("path"):
+            raise ModelLoadError("a model needs a path (a model file or a model folder)")
+        entry = model_config(model_entry(entry))
+    if not entry.path:
         raise ModelLoadError("a model needs a path (a model file or a model folder)")
-    path = Path(str(entry["path"])).expanduser()
-    fields = {key: value for key, value in entry.items() if value is not None}
+    path = Path(entry.path).expanduser()
     if path.is_dir() and detect(path) is Format.FOLDER:
-        manifest = path / MANIFEST_NAME
-        fields = deep_merge(read_yaml(manifest) if manifest.is_file() else {}, fields)
-        fields.setdefault("name", path.resolve().name)
-        config = _config(fields, str(manifest))
+        config = _named(entry, path.resolve().name, str(path / MANIFEST_NAME))
         if (path / HANDLER_NAME).is_file():
             handler = load_handler(
                 path / HANDLER_NAME, tensor_specs(config.inputs), tensor_specs(config.outputs)
@@ -69,13 +74,14 @@ def load_model(entry: Mapping[str, Any]) -> LoadedModel:
             return LoadedModel(config, handler, path)
         weights = path / config.weights if config.weights else _find_weights(path)
         return LoadedModel(config, _build(weights, config), path)
-    fields.setdefault("name", path.name.split(".")[0])
-    config = _config(fields, str(path))
+    config = _named(entry, path.name.split(".")[0], str(path))
     return LoadedModel(config, _build(path, config), None)
 
 
-def _config(fields: dict[str, Any], source: str) -> ModelConfig:
-    config = convert(fields, ModelConfig, source)
+def _named(config: ModelConfig, default: str, source: str) -> ModelConfig:
+    """`config` with its name defaulted to `default`. Raises ModelLoadError for a name unfit for URLs."""
+    if config.name is None:
+        config = msgspec.structs.replace(config, name=default)
     if not config.name or not _NAME.match(config.name):
         raise ModelLoadError(
             f"{source}: model name {config.name!r} must start with a letter or digit and hold only "
