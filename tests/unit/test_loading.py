@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from modelbay.errors import ModelLoadError
+from modelbay.errors import InvalidInput, ModelLoadError
 from modelbay.loading import load_model
 from modelbay.loading.detect import Format, detect
-from tests.conftest import TINY_ARCH
+from modelbay.server import Server
+from modelbay.settings import Settings
+from tests.conftest import TINY_ARCH, asgi_client
 
 EXPECTED_FORMAT = {
     "torchscript": Format.TORCHSCRIPT,
@@ -209,3 +212,105 @@ def test_a_prefix_that_does_not_make_every_key_fit_is_not_stripped(
     (tmp_path / "tiny_arch.py").write_text(TINY_ARCH)
     with pytest.raises(ModelLoadError, match="does not fit tiny_arch:Tiny: missing keys"):
         load_model({"path": str(tmp_path / "odd.ckpt"), "arch": "tiny_arch:Tiny"})
+
+
+DECLARED = {
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+    "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1, 3]}],
+}
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "state_dict", "safetensors", "checkpoint", "pickled"])
+def test_declared_specs_reach_the_predictor(
+    kind: str, tiny_files: dict[str, Path], tiny: torch.nn.Module
+) -> None:
+    """Issue 9 item 7: formats that do not say their inputs take them from inputs: / --input."""
+    loaded = load_model({"path": str(tiny_files[kind]), **OPTIONS.get(kind, {}), **DECLARED})
+    predictor = loaded.predictor
+    predictor.setup(loaded.model_dir)
+    assert [s.metadata() for s in predictor.inputs] == DECLARED["inputs"]
+    assert [s.metadata() for s in predictor.outputs] == DECLARED["outputs"]
+    (x,) = predictor.preprocess([0.5, -1.0, 2.0, 0.0])
+    (y,) = predictor.predict([[x]])[0]
+    np.testing.assert_allclose(y, tiny(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(
+        InvalidInput, match=r"input 'x': expected shape \[-1, 4\] \(-1 is any size\), got \[1, 2\]"
+    ):
+        predictor.preprocess([1.0, 2.0])
+
+
+class TwoInputs(torch.nn.Module):
+    def forward(self, tokens: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return tokens.float().sum(1, keepdim=True) * scale
+
+
+def traced(tmp_path: Path) -> Path:
+    path = tmp_path / "traced.pt"
+    example = (torch.zeros(2, 3, dtype=torch.int64), torch.ones(2, 1))
+    with warnings.catch_warnings():  # TorchScript is deprecated; users still have such files
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(TwoInputs(), example), path)
+    return path
+
+
+def test_traced_torchscript_gives_its_example_dtypes_and_shapes(tmp_path: Path) -> None:
+    """Issue 9 item 7: a traced module keeps its example inputs; they become the input specs."""
+    loaded = load_model({"path": str(traced(tmp_path))})
+    predictor = loaded.predictor
+    predictor.setup(None)
+    assert [s.metadata() for s in predictor.inputs] == [
+        {"name": "tokens", "datatype": "INT64", "shape": [-1, 3]},
+        {"name": "scale", "datatype": "FP32", "shape": [-1, 1]},
+    ]
+    assert [s.metadata() for s in predictor.outputs] == [
+        {"name": "output", "datatype": "FP32", "shape": [-1, 1]}
+    ]
+    tokens = np.arange(15, dtype=np.int64).reshape(5, 3)
+    (y,) = predictor.predict([[tokens, np.full((5, 1), 2.0, np.float32)]])[0]
+    np.testing.assert_allclose(y, tokens.sum(1, keepdims=True) * 2.0)
+    with pytest.raises(InvalidInput, match="expected datatype INT64, got FP32"):
+        predictor.decode_tensors(
+            {"tokens": np.zeros((1, 3), np.float32), "scale": np.ones((1, 1), np.float32)}
+        )
+
+
+def test_declared_inputs_win_over_traced_ones_and_scripted_modules_say_nothing(
+    tmp_path: Path, tiny_files: dict[str, Path]
+) -> None:
+    declared = [{"name": "ids", "datatype": "INT64", "shape": [-1, -1]}, {"name": "w", "datatype": "FP32"}]
+    loaded = load_model({"path": str(traced(tmp_path)), "inputs": declared})
+    assert [s.name for s in loaded.predictor.inputs] == ["ids", "w"]
+    assert loaded.predictor.inputs[0].shape == (-1, -1) and loaded.predictor.inputs[1].shape is None
+    scripted = load_model({"path": str(tiny_files["torchscript"])})
+    assert [(s.name, s.datatype, s.shape) for s in scripted.predictor.inputs] == [("input", "FP32", None)]
+
+
+class TwoHeads(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.linear(x)
+        return {"logits": logits, "probs": logits.softmax(-1)}
+
+
+@pytest.mark.anyio
+async def test_exported_dict_outputs_are_served_under_their_keys(tmp_path: Path) -> None:
+    """Issue 9 item 13: a .pt2 returning {"logits", "probs"} answered output0 / output1."""
+    model, path = TwoHeads().eval(), tmp_path / "heads.pt2"
+    batch = torch.export.Dim("batch")
+    torch.export.save(torch.export.export(model, (torch.zeros(2, 4),), dynamic_shapes=({0: batch},)), path)
+    settings = Settings.load(overrides={"models": [{"path": str(path)}]})
+    async with asgi_client(Server(settings)) as client:
+        metadata = (await client.get("/v2/models/heads")).json()
+        assert [o["name"] for o in metadata["outputs"]] == ["logits", "probs"]
+        assert metadata["outputs"][1] == {"name": "probs", "datatype": "FP32", "shape": [-1, 3]}
+        tensor = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.5, -1.0, 2.0, 0.0]}
+        reply = await client.post("/v2/models/heads/infer", json={"inputs": [tensor]})
+    assert reply.status_code == 200, reply.text
+    outputs = {o["name"]: o["data"] for o in reply.json()["outputs"]}
+    want = model(torch.tensor([[0.5, -1.0, 2.0, 0.0]]))
+    np.testing.assert_allclose(outputs["logits"], want["logits"].detach().numpy().ravel(), rtol=1e-5)
+    np.testing.assert_allclose(outputs["probs"], want["probs"].detach().numpy().ravel(), rtol=1e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -50,12 +51,21 @@ def load(path: Path, config: ModelConfig) -> TorchRunner:
 
 
 def _load_trusted(path: Path) -> object:
+    """Unpickle `path` with the file's folder importable, as `PYTHONPATH=<folder>` would make it.
+
+    A pickle names its classes by module ("model.Net"); the .py that defines them usually sits
+    beside the file. The folder stays on sys.path: the class's module may import more at run time.
+    """
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (AttributeError, ModuleNotFoundError) as exc:
         raise ModelLoadError(
-            f"{path.name} pickles a class modelbay cannot import ({exc}); make the module that "
-            "defines it importable (e.g. PYTHONPATH) or save a state_dict or torch.export program"
+            f"{path.name} pickles a class modelbay cannot import ({exc}); put the .py that defines "
+            "it beside the file or make it importable (PYTHONPATH), or save a state_dict or "
+            "torch.export program"
         ) from exc
 
 

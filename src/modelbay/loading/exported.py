@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.utils._pytree as pytree
 
 from modelbay.errors import ModelLoadError
 from modelbay.loading.runner import TorchRunner
@@ -13,7 +14,8 @@ from modelbay.types import TensorSpec, datatype_of
 
 
 def load(path: Path, config: ModelConfig) -> TorchRunner:
-    """The program's module, with input and output specs read from the exported graph.
+    """The program's module, with input and output specs read from the exported graph (outputs
+    named by the keys of a returned dict).
 
     Dimensions exported as dynamic (`torch.export.Dim`) show as -1; see "torch.export" in the
     PyTorch docs on dynamic shapes. Raises ModelLoadError when the archive cannot be loaded.
@@ -26,9 +28,22 @@ def load(path: Path, config: ModelConfig) -> TorchRunner:
     inputs = [_spec(name, placeholders[name].meta.get("val")) for name in program.graph_signature.user_inputs]
     (output_node,) = (node for node in program.graph.nodes if node.op == "output")
     values = [node.meta.get("val") for node in output_node.args[0]]
-    names = ["output"] if len(values) == 1 else [f"output{i}" for i in range(len(values))]
+    names = output_names(program.call_spec.out_spec, len(values))
     outputs = [_spec(name, value) for name, value in zip(names, values, strict=True)]
     return TorchRunner(program.module(), "pytorch_exported", inputs, outputs)
+
+
+def output_names(out_spec: object, count: int) -> list[str]:
+    """Names of a program's `count` outputs: the keys when it returns a dict of tensors (its pytree
+    `out_spec` says so; `module()` returns that dict), else "output" or "output0".."outputN"."""
+    if (
+        isinstance(out_spec, pytree.TreeSpec)
+        and out_spec.type is dict
+        and out_spec.num_leaves == count == len(out_spec.context)
+        and all(child.is_leaf() for child in out_spec.children())
+    ):
+        return [str(key) for key in out_spec.context]
+    return ["output"] if count == 1 else [f"output{i}" for i in range(count)]
 
 
 def _spec(name: str, value: object) -> TensorSpec:
