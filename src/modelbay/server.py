@@ -68,6 +68,8 @@ class Server:
         version: str = "1",
         batching: BatchingConfig | None = None,
         cache: CacheConfig | None = None,
+        timeout_s: float | None = 60.0,
+        preprocess_threads: int = 2,
     ) -> None:
         """Serve an in-memory model under `name`.
 
@@ -75,7 +77,8 @@ class Server:
         example: an example batch (tensor, or tuple of tensors for several inputs) giving input
                  dtypes and shapes; the batch dimension becomes dynamic. Without it, inputs are
                  named after `forward`'s parameters and not shape-checked.
-        batching, cache: as in modelbay.yaml (defaults: BatchingConfig(), no cache).
+        batching, cache, timeout_s, preprocess_threads: as in modelbay.yaml (ModelConfig; defaults:
+                 BatchingConfig(), no cache, 60 s, 2 threads).
         """
         if isinstance(model, torch.nn.Module):
             model.eval()
@@ -84,7 +87,14 @@ class Server:
             predictor: Predictor = TensorPredictor(TorchRunner(model, "pytorch_eager", inputs))
         else:
             predictor = model
-        config = ModelConfig(name=name, version=version, batching=batching or BatchingConfig(), cache=cache)
+        config = ModelConfig(
+            name=name,
+            version=version,
+            batching=batching or BatchingConfig(),
+            cache=cache,
+            timeout_s=timeout_s,
+            preprocess_threads=preprocess_threads,
+        )
         self._pending.append(LoadedModel(config, predictor))
 
     def load(self) -> None:

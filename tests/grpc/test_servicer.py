@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -212,6 +213,27 @@ BAD = [
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "Received message larger than max",
     ),
+    (  # issue 9: a zero-row request was queued and never answered
+        "affine",
+        [{"name": "x", "datatype": "FP32", "shape": [0, 3]}],
+        [b""],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "request has 0 rows; model 'affine' takes 1 to",
+    ),
+    (  # issue 9: shape arithmetic alone used to break numpy (500)
+        "affine",
+        [{"name": "x", "datatype": "FP32", "shape": [9223372036854775807, 0]}],
+        [b""],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'x': shape [9223372036854775807, 0] has more than",
+    ),
+    (
+        "words",
+        [{"name": "text", "datatype": "BYTES", "shape": [100_000_000]}],
+        [struct.pack("<I", 1) + b"a"],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "BYTES shape [100000000] has 100000000 elements, which need at least 400000000 bytes",
+    ),
 ]
 
 
@@ -230,6 +252,49 @@ def test_bad_requests_get_the_right_code_and_say_what_was_wrong(
     assert message in err.value.details()
     # The server keeps serving.
     assert stub.ModelReady(pb.ModelReadyRequest(name="affine")).ready
+
+
+class Hangs(Predictor):
+    """Never answers until `gate` is set."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        self.gate.wait(30)
+        return batch
+
+
+def test_a_client_deadline_and_the_model_timeout_both_end_a_grpc_call() -> None:
+    hangs = Hangs()
+    server = Server(Settings(port=0, grpc_port=free_port()))
+    server.add_model("hangs", hangs, batching=BatchingConfig(1, 0.0, 2), timeout_s=0.5)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.settings.grpc_port}")
+    try:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = pb.ModelInferRequest(model_name="hangs")
+        request.inputs.add(name="x", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"a")
+        for _ in range(4):  # more than max_queue_size: each leaves the queue when it ends
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ModelInfer(request)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "model 'hangs' did not answer within the request's deadline" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(request, timeout=0.2)  # the client's own deadline, shorter than timeout_s
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The server ends the call at the same deadline, give or take the trip: it leaves the queue.
+        batcher = server.registry.get("hangs").batcher
+        waited = threading.Event()
+        for _ in range(100):
+            if batcher.queue_depth == 0:
+                break
+            waited.wait(0.02)
+        assert batcher.queue_depth == 0
+    finally:
+        hangs.gate.set()
+        channel.close()
+        server.stop()
 
 
 def test_unknown_model_is_not_ready_and_has_no_metadata(stub: pb_grpc.GRPCInferenceServiceStub) -> None:

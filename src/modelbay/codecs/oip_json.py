@@ -76,8 +76,23 @@ _request_decoder = msgspec.json.Decoder(_Request)
 
 def _numpy_hook(value: Any) -> Any:
     if isinstance(value, np.ndarray | np.generic):
+        _check_finite(value, "prediction")
         return value.tolist()
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def _check_finite(array: np.ndarray | np.generic, what: str) -> None:
+    """Raise InferenceFailed when a floating `array` holds NaN or an infinity.
+
+    JSON has no token for them (RFC 8259 section 6; OIP JSON tensor data are JSON numbers), and a
+    JSON encoder would write `null`: a silent wrong answer. The binary extension and gRPC carry
+    them as they are.
+    """
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InferenceFailed(
+            f"{what} holds NaN or infinity, which JSON cannot carry; ask for raw outputs "
+            "(OIP binary_data_output, or gRPC) to receive them as they are"
+        )
 
 
 _encoder = msgspec.json.Encoder(enc_hook=_numpy_hook)
@@ -259,7 +274,8 @@ def encode_response(
     Outputs that `binary` asks for travel as raw bytes after the JSON header (their entry carries
     `parameters.binary_data_size`); the others as JSON data (flattened, row-major). The returned
     length is None when no output is binary (a plain JSON body).
-    Raises InferenceFailed when a JSON BYTES output is not UTF-8 text (JSON cannot carry raw bytes).
+    Raises InferenceFailed when a JSON BYTES output is not UTF-8 text, or a JSON floating output
+    holds NaN or infinity (JSON can carry neither).
     """
     outputs = []
     blobs = []
@@ -301,6 +317,7 @@ def output_json(name: str, array: np.ndarray) -> dict[str, Any]:
         except (UnicodeDecodeError, TypeError) as exc:
             raise InferenceFailed(f"output {name!r} holds bytes that are not UTF-8 text: {exc}") from None
     else:
+        _check_finite(array, f"output {name!r}")
         data = array.reshape(-1).tolist()
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from modelbay.errors import InvalidInput, ModelNotFound
 from modelbay.grpc.errors import status_of
 from modelbay.grpc.generated import grpc_predict_v2_pb2 as pb
 from modelbay.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelbay.runtime.context import RequestContext
 from modelbay.runtime.dataplane import Dataplane
 
 
@@ -65,7 +67,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 raise InvalidInput(
                     f"request message of {size} bytes is over the limit of {self.max_message_bytes} bytes"
                 )
-            response = await self.dataplane.infer(oip_grpc.decode_request(request))
+            # The client's own deadline, if it set one, bounds the request too (gRPC deadlines).
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else time.monotonic() + remaining
+            response = await self.dataplane.infer(oip_grpc.decode_request(request), RequestContext(deadline))
             return oip_grpc.encode_response(response)
 
         return await _guarded(context, call)

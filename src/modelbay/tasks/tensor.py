@@ -104,6 +104,11 @@ class TensorPredictor(Predictor):
                 f"not a raw body of {len(example)} bytes"
             )
         values = example if isinstance(example, dict) and len(self.inputs) != 1 else None
+        if values is None and len(self.inputs) != 1:
+            names = [spec.name for spec in self.inputs]
+            raise InvalidInput(
+                f'this model takes inputs {names}: send {{"input": {{name: tensor, ...}}}} with all of them'
+            )
         if values is None:  # one input: no dict, no name matching (the hot path of simple models)
             spec = self.inputs[0]
             datatype = spec.datatype if spec.shape is not None else _guess(example)
@@ -192,6 +197,12 @@ class TensorPredictor(Predictor):
 
 
 def _guess(value: Any) -> str:
-    """Datatype for JSON data sent to an input whose spec is unknown: FP32, INT64 or BOOL."""
-    kind = np.asarray(value).dtype.kind
+    """Datatype for JSON data sent to an input whose spec is unknown: FP32, INT64 or BOOL.
+
+    Data numpy cannot make an array of (ragged) guess FP32; decoding then says what is wrong.
+    """
+    try:
+        kind = np.asarray(value).dtype.kind
+    except (ValueError, RecursionError):
+        return "FP32"
     return {"b": "BOOL", "i": "INT64", "u": "INT64"}.get(kind, "FP32")
