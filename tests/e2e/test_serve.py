@@ -85,7 +85,7 @@ def test_a_model_repository_with_versions(tiny_files: dict[str, Path], tmp_path:
         assert httpx.get(f"{url}/v2/models/mlp/versions/1").json()["platform"] == "pytorch_exported"
         request = {"inputs": [{"name": "input", "shape": [5, 4], "datatype": "FP32", "data": [ROW] * 5}]}
         reply = httpx.post(f"{url}/v2/models/mlp/versions/1/infer", json=request)
-        assert reply.status_code == 400 and "more than max_batch_size 4" in reply.json()["error"]
+        assert reply.status_code == 400 and "takes 1 to 4 (max_batch_size)" in reply.json()["error"]
         reply = httpx.post(f"{url}/predict/digits", content=(SAMPLES / "2.png").read_bytes())
         assert reply.json()["predictions"][0]["label"] == "2"
 
