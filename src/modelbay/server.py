@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import math
 import os
 import signal
 import threading
@@ -25,11 +26,12 @@ import msgspec
 import torch
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.supervisors import Multiprocess
 
 from modelbay.errors import ModelLoadError
 from modelbay.grpc.servicer import create_grpc_server
 from modelbay.http.app import ModelbayApp, create_app
-from modelbay.http.protocol import protocol_class
+from modelbay.http.protocol import ReadTimeoutProtocol
 from modelbay.loading import LoadedModel, load_model
 from modelbay.loading.runner import TorchRunner, example_inputs, signature_inputs
 from modelbay.metrics import shared_folder
@@ -189,7 +191,7 @@ class Server:
     def _uvicorn_server(self) -> uvicorn.Server:
         self.load()
         self.tune_process()
-        return uvicorn.Server(uvicorn.Config(self.app(), **uvicorn_options(self.settings)))
+        return uvicorn.Server(uvicorn_config(self.app(), self.settings))
 
     def run(self) -> None:
         """Load, listen and serve until SIGINT/SIGTERM (Ctrl-C), then shut down gracefully. Blocks."""
@@ -256,28 +258,34 @@ def run_workers(settings: Settings) -> None:
     listens (the CLI does).
     """
     os.environ[WORKER_SETTINGS] = msgspec.json.encode(settings).decode()
+    config = uvicorn_config(f"{__name__}:worker_app", settings, factory=True, workers=settings.workers)
+    # What uvicorn.run does for workers, with our Config: it carries read_timeout_s to them.
     with shared_folder():  # /metrics of any worker reports all of them (modelbay/metrics.py)
-        uvicorn.run(
-            f"{__name__}:worker_app", factory=True, workers=settings.workers, **uvicorn_options(settings)
-        )
+        sock = config.bind_socket()
+        with contextlib.suppress(KeyboardInterrupt):
+            Multiprocess(config, sockets=[sock]).run()
 
 
-def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn.Config keywords for `settings`: address, logging, the protocol with the read
-    timeout, the connection limit (503 past it) and the drain backstop."""
-    return {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level,
-        "access_log": False,
-        "lifespan": "on",
-        "proxy_headers": False,  # clients reach modelbay directly; nothing to rewrite per request
-        "http": protocol_class(settings.read_timeout_s),
-        "limit_concurrency": settings.max_connections,
+def uvicorn_config(app: ModelbayApp | str, settings: Settings, **extra: Any) -> uvicorn.Config:
+    """The uvicorn Config for `settings`: address, logging, the protocol with the read timeout,
+    the connection limit (503 past it) and the drain backstop; `extra` adds Config keywords."""
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="on",
+        proxy_headers=False,  # clients reach modelbay directly; nothing to rewrite per request
+        http=ReadTimeoutProtocol,
+        limit_concurrency=settings.max_connections,
         # modelbay answers what is left at graceful_timeout_s (ModelbayApp.drain); uvicorn cancels
         # whatever still runs a little later, a backstop for anything outside the dataplane.
-        "timeout_graceful_shutdown": settings.graceful_timeout_s + 2.0,
-    }
+        timeout_graceful_shutdown=math.ceil(settings.graceful_timeout_s) + 2,
+        **extra,
+    )
+    config.read_timeout_s = settings.read_timeout_s  # type: ignore[attr-defined]  # ReadTimeoutProtocol
+    return config
 
 
 def _drain_on_exit_signals(drain: Callable[[], object]) -> None:

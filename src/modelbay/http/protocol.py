@@ -17,17 +17,20 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelbay.codecs.oip_json import encode_json
 
+READ_TIMEOUT_S = 30.0
+
 
 class ReadTimeoutProtocol(HttpToolsProtocol):
     """HttpToolsProtocol that answers 408 and closes a connection whose request is late.
 
-    read_timeout_s: seconds a request has to arrive whole (set per server by `protocol_class`).
+    The timeout, in seconds, is the uvicorn Config's `read_timeout_s` attribute (set by
+    modelbay.server; READ_TIMEOUT_S when absent). The class is referred to by name so that
+    `--workers` can send it, inside the pickled Config, to its worker processes.
     """
 
-    read_timeout_s: float = 30.0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.read_timeout_s: float = getattr(config, "read_timeout_s", READ_TIMEOUT_S)
         self._read_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -70,8 +73,3 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
             if cycle is not None:
                 cycle.disconnected = True  # the app reads a disconnect, and anything it sends is dropped
         self.transport.close()
-
-
-def protocol_class(read_timeout_s: float) -> type[ReadTimeoutProtocol]:
-    """A ReadTimeoutProtocol subclass with `read_timeout_s` set, for `uvicorn.Config(http=...)`."""
-    return type("ModelbayHttpProtocol", (ReadTimeoutProtocol,), {"read_timeout_s": read_timeout_s})
