@@ -325,24 +325,33 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     grpc_port: int = 8001,
-    max_batch_size: int = 32,
-    max_queue_delay_ms: float = 0.0,
-    max_queue_size: int = 256,
+    max_batch_size: int | None = None,
+    max_queue_delay_ms: float | None = None,
+    max_queue_size: int | None = None,
 ) -> None:
     """Serve one model until Ctrl-C: an nn.Module or Predictor in memory, or a file/folder path.
 
     name defaults to "model" in memory, else to the file's or folder's name. With no model,
-    serves the bundled digits classifier. Raises ModelLoadError before listening
-    when the model cannot be loaded.
+    serves the bundled digits classifier. The batching arguments left as None keep the model
+    folder's modelbay.yaml values, else BatchingConfig's defaults; any given wins, whatever its
+    value. Raises ModelLoadError before listening when the model cannot be loaded.
     """
-    batching = BatchingConfig(max_batch_size, max_queue_delay_ms, max_queue_size)
+    given = {
+        key: value
+        for key, value in (
+            ("max_batch_size", max_batch_size),
+            ("max_queue_delay_ms", max_queue_delay_ms),
+            ("max_queue_size", max_queue_size),
+        )
+        if value is not None
+    }
     listen = {"host": host, "port": port, "grpc_port": grpc_port}
     if model is None or isinstance(model, str | Path):
-        entry = {"path": str(model or DEFAULT_MODEL), "batching": msgspec.to_builtins(batching)}
+        entry: dict[str, Any] = {"path": str(model or DEFAULT_MODEL), "batching": given}
         if name is not None:
             entry["name"] = name
         server = Server(Settings.load(overrides={**listen, "models": [entry]}))
     else:
         server = Server(Settings.load(overrides=listen))
-        server.add_model(name or "model", model, example=example, batching=batching)
+        server.add_model(name or "model", model, example=example, batching=msgspec.convert(given, BatchingConfig))
     server.run()
