@@ -6,6 +6,7 @@ import html
 from typing import Any
 
 from modelbay import __version__
+from modelbay.types import DATATYPES, MAX_DIMS
 
 _ERROR = {
     "description": "Error",
@@ -15,32 +16,42 @@ _ERROR = {
         }
     },
 }
+# The tensor of a response: what the server sends (encode_response), whatever the request was.
 _TENSOR = {
     "type": "object",
-    "required": ["name", "shape", "datatype", "data"],
+    "required": ["name", "shape", "datatype"],
     "properties": {
         "name": {"type": "string"},
         "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-        "datatype": {
-            "type": "string",
-            "enum": [
-                "BOOL",
-                "UINT8",
-                "UINT16",
-                "UINT32",
-                "UINT64",
-                "INT8",
-                "INT16",
-                "INT32",
-                "INT64",
-                "FP16",
-                "FP32",
-                "FP64",
-                "BYTES",
-            ],
-        },
+        "datatype": {"type": "string", "enum": list(DATATYPES)},
         "parameters": {"type": "object"},
-        "data": {"description": "row-major data, flat or nested; booleans for BOOL, strings for BYTES"},
+        "data": {
+            "type": "array",
+            "description": "row-major data, flat; booleans for BOOL, strings for BYTES",
+        },
+    },
+}
+# The tensor of a request, as strict as the JSON schema can say what the OIP JSON codec accepts
+# (codecs/oip_json.py): every field present, a known datatype, a shape of non-negative integers
+# (at most MAX_DIMS of them), data an array. What a schema cannot say (data that fits the shape and
+# datatype, an input the model has, sizes within the limits) is still answered 400.
+_REQUEST_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype", "data"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "shape": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 0},
+            "maxItems": MAX_DIMS,
+        },
+        "datatype": {"type": "string", "enum": list(DATATYPES)},
+        "parameters": {"type": "object"},
+        "data": {
+            "type": "array",
+            "items": {"type": ["array", "number", "boolean", "string"]},
+            "description": "row-major data, flat or nested; booleans for BOOL, strings for BYTES",
+        },
     },
 }
 _METADATA_TENSOR = {
@@ -51,6 +62,73 @@ _METADATA_TENSOR = {
         "shape": {"type": "array", "items": {"type": "integer"}},
     },
 }
+_RAW_EXAMPLE = {"type": "string", "format": "binary", "minLength": 1}
+# The three ways to send POST /predict examples (http/body.py predict_examples). What the schema
+# calls valid the door takes: `{}`, `{"inputs": []}` and a multipart body without a file are not.
+_PREDICT_BODY = {
+    "image/*": {"schema": _RAW_EXAMPLE},
+    "application/octet-stream": {"schema": _RAW_EXAMPLE},
+    "multipart/form-data": {
+        "schema": {
+            "type": "object",
+            "required": ["file"],
+            "properties": {"file": {**_RAW_EXAMPLE, "description": "one example per file part"}},
+        }
+    },
+    "application/json": {
+        "schema": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["input"],
+                    "properties": {
+                        "input": {
+                            "description": "one example: a base64 image, or the tensor as a nested list"
+                        }
+                    },
+                },
+                {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "inputs": {
+                            "type": "array",
+                            "minItems": 1,
+                            "description": "several examples, at most the model's batching.max_queue_size",
+                        }
+                    },
+                },
+            ]
+        }
+    },
+}
+# The OIP `$inference_request` as JSON (the binary extension, with its Inference-Header-Content-Length
+# header, is not described here: a schema cannot tie the header to the body).
+_INFER_REQUEST = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
+        "inputs": {"type": "array", "minItems": 1, "items": _REQUEST_TENSOR},
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}},
+                },
+            },
+        },
+    },
+}
+# What the two inference routes answer besides 200 (http/errors.py STATUS): 400 a bad request,
+# 404 no such model, 408 a body sent too slowly, 413 too large (body or examples), 415 an unknown
+# encoding or media type, 500 the model failed (the body gives an error id), 503 overloaded or
+# shutting down, 504 past the model's timeout_s.
+_INFERENCE_ERRORS = {str(status): _ERROR for status in (400, 404, 408, 413, 415, 500, 503, 504)}
 _MODEL = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
 _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -75,26 +153,7 @@ def openapi_document() -> dict[str, Any]:
         "post": {
             "summary": "Predict: one image (raw body or multipart), or JSON {input} / {inputs}",
             "tags": ["predict"],
-            "requestBody": {
-                "content": {
-                    "image/*": {"schema": {"type": "string", "format": "binary"}},
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {"file": {"type": "string", "format": "binary"}},
-                        }
-                    },
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "input": {"description": "one example: base64 image or a nested list"},
-                                "inputs": {"type": "array", "description": "several examples"},
-                            },
-                        }
-                    },
-                }
-            },
+            "requestBody": {"required": True, "content": _PREDICT_BODY},
             "responses": {
                 "200": _json(
                     {
@@ -112,12 +171,7 @@ def openapi_document() -> dict[str, Any]:
                         },
                     }
                 ),
-                "400": _ERROR,
-                "404": _ERROR,
-                "413": _ERROR,
-                "415": _ERROR,
-                "500": _ERROR,
-                "503": _ERROR,
+                **_INFERENCE_ERRORS,
             },
         }
     }
@@ -159,29 +213,7 @@ def openapi_document() -> dict[str, Any]:
             "tags": ["model"],
             "requestBody": {
                 "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["inputs"],
-                            "properties": {
-                                "id": {"type": "string"},
-                                "parameters": {"type": "object"},
-                                "inputs": {"type": "array", "items": _TENSOR},
-                                "outputs": {
-                                    "type": "array",
-                                    "items": {
-                                        "type": "object",
-                                        "properties": {
-                                            "name": {"type": "string"},
-                                            "parameters": {"type": "object"},
-                                        },
-                                    },
-                                },
-                            },
-                        }
-                    }
-                },
+                "content": {"application/json": {"schema": _INFER_REQUEST}},
             },
             "responses": {
                 "200": _json(
@@ -191,15 +223,15 @@ def openapi_document() -> dict[str, Any]:
                             "model_name": {"type": "string"},
                             "model_version": {"type": "string"},
                             "id": {"type": "string"},
+                            "parameters": {
+                                "type": "object",
+                                "description": "default_output: true when the model's default answered",
+                            },
                             "outputs": {"type": "array", "items": _TENSOR},
                         },
                     }
                 ),
-                "400": _ERROR,
-                "404": _ERROR,
-                "413": _ERROR,
-                "500": _ERROR,
-                "503": _ERROR,
+                **_INFERENCE_ERRORS,
             },
         }
     }
