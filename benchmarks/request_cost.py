@@ -7,23 +7,33 @@ the answer: one FP32 [1, 1000] output. Times, in microseconds per request (best 
 the request (`oip_json.decode_request`), encoding the answer (`oip_json.encode_response`), and
 recording its metrics (`ModelMetrics.on_request`, plus its share of `on_batch` in a batch of 64),
 once with prometheus-client's in-memory values and once in its multiprocess mode (what
-`--workers N` uses; measured in a child process, since the mode is fixed at import).
+`--workers N` uses; measured in a child process, since the mode is fixed at import). And what
+ending requests on time adds to each (issue 9), on uvloop as the server runs: the request guard
+(`Dataplane._within`: a RequestContext, its deadline, the in-flight table the deadline sweep reads)
+and the hot routes' disconnect watch object, against awaiting the same work bare.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
 import timeit
 from collections.abc import Callable
 
 import numpy as np
 
 from modelbay.codecs import oip_json
+from modelbay.http.inference import _DisconnectWatch
 from modelbay.metrics import Metrics, multiprocess_mode
+from modelbay.predictor import Predictor
+from modelbay.registry.registry import ModelRegistry, ServedModel
+from modelbay.runtime.dataplane import Dataplane
+from modelbay.settings import BatchingConfig
 from modelbay.types import InferenceResponse
 
 
@@ -38,6 +48,48 @@ def metrics_cost() -> tuple[float, float]:
     request = per_call_us(lambda: metrics.on_request("infer", 0.001, None), 50_000)
     batch = per_call_us(lambda: metrics.on_batch(64, waits, 0.01), 2_000) / 64
     return request, batch
+
+
+async def _work() -> int:
+    return 1
+
+
+async def _receive() -> dict[str, object]:
+    return {"type": "http.disconnect"}
+
+
+async def guard_costs(number: int = 100_000) -> tuple[float, float]:
+    """(request guard us, disconnect watch us) per request, each minus the bare await, best of 3."""
+    registry = ModelRegistry()
+    model = ServedModel("m", "1", Predictor(), BatchingConfig(), timeout_s=60.0)
+    registry.add(model)
+    dataplane = Dataplane(registry)
+
+    async def timed(step: object) -> float:
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            for _ in range(number):
+                if step == "bare":
+                    await _work()
+                elif step == "guard":
+                    await dataplane._within(None, model, _work())
+                else:
+                    with _DisconnectWatch(_receive):
+                        await _work()
+            best = min(best, time.perf_counter() - started)
+        return best / number * 1e6
+
+    bare = await timed("bare")
+    return await timed("guard") - bare, await timed("watch") - bare
+
+
+def run_guard_costs() -> tuple[float, float]:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(guard_costs())
+    return uvloop.run(guard_costs())
 
 
 def main() -> None:
@@ -81,6 +133,8 @@ def main() -> None:
         )
     request, batch = json.loads(child.stdout)
     rows += [("metrics, multiprocess: on_request", request), ("metrics, multiprocess: on_batch share", batch)]
+    guard, watch = run_guard_costs()
+    rows += [("request guard (context, deadline, in-flight)", guard), ("HTTP disconnect watch", watch)]
     print("| step | us per request |")
     print("|---|---|")
     for label, cost in rows:

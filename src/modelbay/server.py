@@ -353,5 +353,7 @@ def serve(
         server = Server(Settings.load(overrides={**listen, "models": [entry]}))
     else:
         server = Server(Settings.load(overrides=listen))
-        server.add_model(name or "model", model, example=example, batching=msgspec.convert(given, BatchingConfig))
+        server.add_model(
+            name or "model", model, example=example, batching=msgspec.convert(given, BatchingConfig)
+        )
     server.run()

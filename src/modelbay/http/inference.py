@@ -25,9 +25,6 @@ BINARY_HEADER = "inference-header-content-length"
 _JSON = [(b"content-type", b"application/json")]
 _BINARY = (b"content-type", b"application/octet-stream")
 _BINARY_HEADER = BINARY_HEADER.encode()
-# A request not answered this long after its body arrived starts watching for its client leaving
-# (one timer per request; a task per request would cost the fast path several microseconds).
-WATCH_AFTER_S = 0.5
 
 
 def match(path: str) -> tuple[str, str, str | None] | None:
@@ -129,31 +126,27 @@ def _header_length(headers: dict[str, str]) -> int | None:
 class _DisconnectWatch:
     """The RequestContext of one hot-route request, ended with ClientGone if its client leaves.
 
-    A request still unanswered `WATCH_AFTER_S` after its body arrived starts a task that waits
-    for the ASGI `http.disconnect` message; when it comes, the request is ended, so a request
-    nobody waits for leaves the model's queue instead of filling it (issue 9, item 2).
+    A request still unanswered `WATCH_AFTER_S` after it began (the dataplane calls
+    `RequestContext.watch`) starts a task that waits for the ASGI `http.disconnect` message; when
+    it comes, the request is ended, so a request nobody waits for leaves the model's queue instead
+    of filling it (issue 9, item 2). Fast requests never start one.
     """
 
-    __slots__ = ("context", "receive", "timer", "watcher")
+    __slots__ = ("context", "receive", "watcher")
 
     def __init__(self, receive: Receive) -> None:
-        self.context = RequestContext()
+        self.context = RequestContext(watch=self._start)
         self.receive = receive
         self.watcher: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
 
     def __enter__(self) -> RequestContext:
-        self.timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start)
         return self.context
 
     def __exit__(self, *exc: object) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
         if self.watcher is not None:
             self.watcher.cancel()
 
-    def _start(self) -> None:
-        self.timer = None
+    def _start(self, context: RequestContext) -> None:
         self.watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:

@@ -5,12 +5,18 @@ deadline passed (DeadlineExceeded, 504), its client went away (ClientGone: nothi
 or the server's drain deadline passed (Unavailable, 503). Ending a request cancels the asyncio task
 that serves it, so whatever it awaits is cancelled with it: a request still queued in a batcher
 leaves the queue at once and never runs (issue 9, items 2 and 3).
+
+No timer is armed per request: the dataplane sweeps the requests in flight a few times a second
+(`Dataplane.SWEEP_S`), ending those past their deadline and letting the door watch the client of
+those that are slow (`watch`). A timer per request cost ~10 us on uvloop (benchmarks/request_cost.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from modelbay.errors import ModelbayError
 
@@ -26,11 +32,17 @@ class RequestContext:
     deadline: `time.monotonic()` seconds (the event loop's clock) by which the request must be
               answered, as the door knows it (a gRPC client's deadline); None: no limit from the
               door. The dataplane narrows it by the model's `timeout_s`.
+    watch:    called once, by the dataplane, with this context when the request is still
+              unanswered `WATCH_AFTER_S` after it began: the HTTP door then starts waiting for its
+              client to leave (and calls `end(ClientGone())` if it does). None: nothing to watch.
+    started:  `time.monotonic()` when the context was made.
     task:     the asyncio task serving the request; the dataplane fills it in.
     reason:   why the request was ended early, once it was (see `end`).
     """
 
     deadline: float | None = None
+    watch: Callable[[RequestContext], None] | None = None
+    started: float = field(default_factory=time.monotonic)
     task: asyncio.Task[object] | None = None
     reason: ModelbayError | ClientGone | None = None
 

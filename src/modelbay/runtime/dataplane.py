@@ -24,6 +24,10 @@ from modelbay.runtime.context import RequestContext
 from modelbay.types import InferenceRequest, InferenceResponse
 
 SERVER_NAME = "modelbay"
+# How often the requests in flight are checked against their deadlines (so a deadline is kept to
+# within this many seconds), and how long a request may wait before its door watches its client.
+SWEEP_S = 0.05
+WATCH_AFTER_S = 0.5
 # OIP server metadata `extensions`: the optional parts of the protocol this server has
 # (Triton's names: the binary tensor data extension of REST).
 EXTENSIONS = ["binary_tensor_data"]
@@ -49,7 +53,9 @@ class Dataplane:
     def __init__(self, registry: ModelRegistry, metrics: Metrics | None = None) -> None:
         self.registry = registry
         self.metrics = metrics or Metrics()
-        self._in_flight: set[RequestContext] = set()
+        self._in_flight: dict[RequestContext, ServedModel] = {}
+        self._busy = asyncio.Event()  # set when a request arrives while none is in flight
+        self._sweeper: asyncio.Task[None] | None = None
         for model in registry:
             model.metrics = self.metrics.for_model(model.name, model.version, _depth(model))
             model.batcher.observer = model.metrics
@@ -58,13 +64,34 @@ class Dataplane:
         """Start every model's batcher and hook threads on the running loop; the models are ready."""
         for model in self.registry:
             model.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="modelbay-deadlines")
 
     async def stop(self) -> None:
         """Mark models not ready, then stop them (queued requests get ModelNotReady)."""
         for model in self.registry:
             model.ready = False
         await asyncio.gather(*(model.stop() for model in self.registry))
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
         self.metrics.close()
+
+    async def _sweep(self) -> None:
+        """End the requests in flight whose deadline has passed, and hand the door those that
+        have waited WATCH_AFTER_S to watch; every SWEEP_S seconds while any is in flight."""
+        while True:
+            if not self._in_flight:
+                self._busy.clear()
+                await self._busy.wait()
+            await asyncio.sleep(SWEEP_S)
+            now = time.monotonic()
+            for context, model in list(self._in_flight.items()):
+                if context.deadline is not None and now >= context.deadline:
+                    _expire(context, model)
+                elif context.watch is not None and now - context.started >= WATCH_AFTER_S:
+                    watch, context.watch = context.watch, None
+                    watch(context)
 
     @property
     def in_flight(self) -> int:
@@ -198,19 +225,19 @@ class Dataplane:
     async def _within(self, context: RequestContext | None, model: ServedModel, work: Awaitable[Any]) -> Any:
         """Await `work` as one request: ended at its deadline, by its client, or by the drain.
 
-        The request's task is cancelled when it is ended, so whatever it awaits (a hook thread's
-        answer, its place in the batcher's queue) is cancelled with it; the reason is raised here.
+        The deadline is the earlier of the context's and the model's `timeout_s` after the request
+        began; `_sweep` enforces it. The request's task is cancelled when it is ended, so whatever
+        it awaits (a hook thread's answer, its place in the batcher's queue) is cancelled with it;
+        the reason is raised here.
         """
         context = context or RequestContext()
         task = context.task = asyncio.current_task()
-        deadline = context.deadline
         if model.timeout_s is not None:
-            limit = time.monotonic() + model.timeout_s
-            deadline = limit if deadline is None else min(deadline, limit)
-        timer = None
-        if deadline is not None:
-            timer = asyncio.get_running_loop().call_at(deadline, _expire, context, model)
-        self._in_flight.add(context)
+            limit = context.started + model.timeout_s
+            context.deadline = limit if context.deadline is None else min(context.deadline, limit)
+        if not self._in_flight:
+            self._busy.set()
+        self._in_flight[context] = model
         try:
             return await work
         except asyncio.CancelledError:
@@ -220,9 +247,7 @@ class Dataplane:
             raise context.reason from None
         finally:
             context.task = None
-            self._in_flight.discard(context)
-            if timer is not None:
-                timer.cancel()
+            del self._in_flight[context]
 
     def _ready_model(self, name: str, version: str | None) -> ServedModel:
         model = self.registry.get(name, version)
