@@ -311,3 +311,19 @@ async def test_unknown_routes_and_methods_answer_json(affine: httpx.AsyncClient)
     assert (
         reply.status_code == 405 and reply.json()["error"] == "method POST is not allowed on /v2/health/live"
     )
+
+
+async def test_a_small_file_of_a_huge_image_is_refused_before_decoding() -> None:
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (6300, 6300)).save(png, "PNG")  # ~120 MB of pixels in a file of ~120 kB
+    assert len(png.getvalue()) < 200_000
+    settings = Settings.load(overrides={"models": [{"path": str(DEFAULT_MODEL)}]})
+    async with asgi_client(Server(settings)) as client:
+        reply = await client.post("/predict/digits", content=png.getvalue())
+    # The limit (4096 x 4096 by default) is read from the header: nothing was decoded.
+    assert reply.status_code == 413
+    assert reply.json()["error"] == "image is 6300x6300 pixels, more than the limit of 16777216"
