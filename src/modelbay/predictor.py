@@ -53,8 +53,9 @@ class Predictor:
     def predict(self, batch: list[Any]) -> list[Any]:
         """A batch of preprocessed items -> one output per item, in the same order.
 
-        Runs on the model's worker thread; may raise anything (a model failure is a 500 for the
-        requests of that batch, each retried alone first so a bad item does not fail the others).
+        Runs on the model's worker thread; may raise anything, even SystemExit (a failed batch
+        is split in halves and run again, down to single items, so only a bad item fails: a 500
+        for its request, with an error id; the exception's text goes to the log only).
         """
         raise NotImplementedError(f"{type(self).__name__} must implement predict(batch)")
 
