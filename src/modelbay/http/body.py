@@ -31,7 +31,7 @@ async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> by
     `decompress`). Raises ClientDisconnect if the client goes away mid-body.
     """
     declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
     chunks = []
     size = 0
