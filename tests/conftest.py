@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import msgspec
@@ -110,9 +112,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclasses.dataclass
+class Served:
+    """A running `modelbay serve`: its URL, its process and what it printed (stdout and stderr)."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    output: IO[bytes]
+
+    def log(self) -> str:
+        self.output.seek(0)
+        return self.output.read().decode(errors="replace")
+
+
 @contextlib.contextmanager
-def modelbay_serve(*args: str, timeout_s: float = 90.0, cwd: Path = ROOT) -> Iterator[str]:
-    """Run the real `modelbay serve ARGS` on a free loopback port; yield its URL once ready.
+def serve_process(*args: str, timeout_s: float = 90.0, cwd: Path = ROOT) -> Iterator[Served]:
+    """Run the real `modelbay serve ARGS` on a free loopback HTTP port (gRPC off unless ARGS set
+    --grpc-port); yield it once ready.
 
     Readiness is polled on /v2/health/ready (never read from a log line); the process is
     stopped by PID at the end. Raises RuntimeError with its output if it exits or never gets ready.
@@ -120,27 +136,33 @@ def modelbay_serve(*args: str, timeout_s: float = 90.0, cwd: Path = ROOT) -> Ite
     port = free_port()
     grpc = [] if "--grpc-port" in args else ["--grpc-port", "0"]
     command = [str(Path(sys.executable).parent / "modelbay"), "serve", *args, "--port", str(port), *grpc]
-    url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=cwd)
+        served = Served(f"http://127.0.0.1:{port}", process, output)
         try:
             deadline = time.monotonic() + timeout_s
-            while not _ready(url):
+            while not _ready(served.url):
                 if process.poll() is not None:
-                    output.seek(0)
-                    log = output.read().decode()
-                    raise RuntimeError(f"modelbay serve exited with {process.returncode}:\n{log}")
+                    raise RuntimeError(f"modelbay serve exited with {process.returncode}:\n{served.log()}")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"modelbay serve not ready after {timeout_s} s")
+                    raise RuntimeError(f"modelbay serve not ready after {timeout_s} s:\n{served.log()}")
                 time.sleep(0.1)
-            yield url
+            yield served
         finally:
-            process.terminate()
+            if process.poll() is None:
+                process.terminate()
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextlib.contextmanager
+def modelbay_serve(*args: str, timeout_s: float = 90.0, cwd: Path = ROOT) -> Iterator[str]:
+    """`serve_process`, yielding only the server's URL."""
+    with serve_process(*args, timeout_s=timeout_s, cwd=cwd) as served:
+        yield served.url
 
 
 def _ready(url: str) -> bool:

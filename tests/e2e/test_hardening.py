@@ -6,8 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ import pytest
 
 from modelbay.grpc.generated import grpc_predict_v2_pb2 as pb
 from modelbay.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
-from tests.conftest import SAMPLES, _ready, free_port, modelbay_serve
+from tests.conftest import SAMPLES, free_port, modelbay_serve, serve_process
 
 pytestmark = pytest.mark.e2e
 
@@ -64,42 +62,24 @@ def grpc_slow(port: int) -> grpc.StatusCode:
         return grpc.StatusCode.OK
 
 
-def start_serve(*args: str) -> tuple[subprocess.Popen[bytes], str, int]:
-    port, grpc_port = free_port(), free_port()
-    command = [str(Path(sys.executable).parent / "modelbay"), "serve", *args]
-    command += ["--port", str(port), "--grpc-port", str(grpc_port)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while not _ready(url):
-        assert process.poll() is None, f"modelbay serve exited with {process.returncode}"
-        assert time.monotonic() < deadline, "not ready in 60 s"
-        time.sleep(0.1)
-    return process, url, grpc_port
-
-
 def test_sigterm_finishes_what_it_can_then_answers_503_and_exits(slow_model: Path) -> None:
-    process, url, grpc_port = start_serve(str(slow_model), "--graceful-timeout-s", "1.5")
-    try:
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            quick = pool.submit(post_json, url, 0.5)  # runs first, done within the drain deadline
-            time.sleep(0.1)
-            stuck = pool.submit(post_json, url, 20)  # queued behind it; would take 20 s
-            over_grpc = pool.submit(grpc_slow, grpc_port)
-            time.sleep(0.2)
-            signalled = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            assert quick.result().status_code == 200 and quick.result().json()["predictions"] == 0.5
-            late = stuck.result()
-            assert late.status_code == 503
-            assert "server shut down before the model answered" in late.json()["error"]
-            assert over_grpc.result() == grpc.StatusCode.UNAVAILABLE
-        process.wait(timeout=15)
+    grpc_port = free_port()
+    args = (str(slow_model), "--graceful-timeout-s", "1.5", "--grpc-port", str(grpc_port))
+    with serve_process(*args) as served, concurrent.futures.ThreadPoolExecutor(4) as pool:
+        quick = pool.submit(post_json, served.url, 0.5)  # runs first, done within the drain deadline
+        time.sleep(0.1)
+        stuck = pool.submit(post_json, served.url, 20)  # queued behind it; would take 20 s
+        over_grpc = pool.submit(grpc_slow, grpc_port)
+        time.sleep(0.2)
+        signalled = time.monotonic()
+        served.process.send_signal(signal.SIGTERM)
+        assert quick.result().status_code == 200 and quick.result().json()["predictions"] == 0.5
+        late = stuck.result()
+        assert late.status_code == 503
+        assert "server shut down before the model answered" in late.json()["error"]
+        assert over_grpc.result() == grpc.StatusCode.UNAVAILABLE
+        served.process.wait(timeout=15)
         took = time.monotonic() - signalled
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert took < 10  # the drain deadline, not the 20 s model call, decides when it exits
 
 

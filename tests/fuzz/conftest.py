@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import httpx
 import numpy as np
 import pytest
 import torch
 import yaml
 
 from modelbay.server import DEFAULT_MODEL
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_process
 
 ROW = [0.5, -1.0, 2.0, 0.0]
 MAX_BODY_BYTES = 1024 * 1024
@@ -105,50 +101,11 @@ def write_models(folder: Path, tiny_pt2: Path) -> Path:
 
 @contextlib.contextmanager
 def serving(config: Path, expected_row: np.ndarray, timeout_s: float = 90.0) -> Iterator[FuzzServer]:
-    """`modelbay serve --config CONFIG` on free loopback ports until the block ends (stopped by PID).
-
-    Readiness is polled on /v2/health/ready. Raises RuntimeError with the server's output if it
-    exits or is not ready within `timeout_s`.
-    """
-    port, grpc_port = free_port(), free_port()
-    command = [
-        str(Path(sys.executable).parent / "modelbay"),
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-        "--grpc-port",
-        str(grpc_port),
-    ]
-    with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-        server = FuzzServer(
-            f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", process, expected_row, output
-        )
-        try:
-            deadline = time.monotonic() + timeout_s
-            while not _ready(server.url):
-                if not server.alive():
-                    raise RuntimeError(f"modelbay serve exited with {process.returncode}:\n{server.log()}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"modelbay serve not ready after {timeout_s} s:\n{server.log()}")
-                time.sleep(0.1)
-            yield server
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+    """`modelbay serve --config CONFIG` on free loopback ports until the block ends (tests.conftest
+    serve_process: readiness polled, stopped by PID)."""
+    grpc_port = free_port()
+    with serve_process("--config", str(config), "--grpc-port", str(grpc_port), timeout_s=timeout_s) as served:
+        yield FuzzServer(served.url, f"127.0.0.1:{grpc_port}", served.process, expected_row, served.output)
 
 
 @pytest.fixture(scope="session")
