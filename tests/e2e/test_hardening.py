@@ -129,6 +129,15 @@ def test_a_request_that_does_not_arrive_in_time_gets_408_and_the_connection_clos
     )
 
 
+def test_headers_past_64_kib_get_431_and_the_connection_closes(strict_server: str) -> None:
+    port = int(strict_server.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000)  # unfinished
+        answer = read_until_closed(sock, timeout_s=5)
+    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large")
+    assert httpx.get(f"{strict_server}/v2/health/live").status_code == 200
+
+
 def test_past_max_connections_a_request_gets_503_not_a_refused_connection(strict_server: str) -> None:
     port = int(strict_server.rsplit(":", 1)[1])
     idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]

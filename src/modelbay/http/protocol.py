@@ -5,7 +5,9 @@ waits (slowloris): such a connection is held for ever, and enough of them exhaus
 file descriptors (issue 9, item 10). Here every request must arrive whole, headers and body, within
 `read_timeout_s` of its first byte (a new connection: of its opening); otherwise it is answered
 408 and the connection is closed. The timer runs per connection, not per request on the hot path
-of the app, and is off while the app works on a request that has fully arrived.
+of the app, and is off while the app works on a request that has fully arrived. The request line
+and headers together may take at most MAX_HEADER_BYTES (431 past it): memory a client can make
+the server hold is bounded per connection.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from modelbay.codecs.oip_json import encode_json
 
 READ_TIMEOUT_S = 30.0
+# Most bytes of request line and headers one request may send (llhttp, under uvicorn, has no
+# limit of its own): past it, 431 and the connection is closed.
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class ReadTimeoutProtocol(HttpToolsProtocol):
@@ -32,6 +37,8 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
         super().__init__(config, *args, **kwargs)
         self.read_timeout_s: float = getattr(config, "read_timeout_s", READ_TIMEOUT_S)
         self._read_timer: asyncio.TimerHandle | None = None
+        self._in_head = False  # between a request's first byte and the end of its headers
+        self._head_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -41,13 +48,33 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._in_head:  # the request's headers are still incomplete: all of `data` was head
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+                self._answer(431, "Request Header Fields Too Large", f"headers over {MAX_HEADER_BYTES} bytes")
+                self.transport.close()
+
     def on_message_begin(self) -> None:
+        self._in_head, self._head_bytes = True, 0
         super().on_message_begin()
         self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._disarm()
+
+    def _answer(self, status: int, reason: str, message: str) -> None:
+        body = encode_json({"error": message})
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body)
+        )
 
     def _arm(self) -> None:
         if self._read_timer is None:
@@ -65,11 +92,7 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is None or cycle.response_complete or not cycle.response_started:
             message = f"the request did not arrive whole within {self.read_timeout_s:g} s (read_timeout_s)"
-            body = encode_json({"error": message})
-            self.transport.write(
-                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
-            )
+            self._answer(408, "Request Timeout", message)
             if cycle is not None:
                 cycle.disconnected = True  # the app reads a disconnect, and anything it sends is dropped
         self.transport.close()
