@@ -103,6 +103,7 @@ def _check_finite(array: np.ndarray | np.generic, what: str) -> None:
 
 _encoder = msgspec.json.Encoder(enc_hook=_numpy_hook)
 
+_NARROW_MAX = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32)}
 # Which JSON-decoded numpy kinds may become which target kinds without losing meaning.
 _ALLOWED_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}
 
@@ -213,15 +214,24 @@ def _array_from_raw_json(data: msgspec.Raw, datatype: str, shape: list[int], nam
 
 
 def _array(values: Any, datatype: str, shape: list[int] | None, name: str) -> np.ndarray:
-    """Type-checked nested values -> the array of `datatype` and `shape` (already checked sane)."""
+    """Type-checked nested values -> the array of `datatype` and `shape` (already checked sane).
+
+    Values for a floating datatype narrower than FP64 are checked against its largest finite value
+    with one reduction before the cast (1e39 must not become FP32 infinity).
+    """
+    dtype = numpy_dtype(datatype)
     try:
-        raw = np.asarray(values)
+        if dtype.kind == "f":
+            raw = np.asarray(values)  # float64: JSON numbers are finite and fit it
+            if dtype in _NARROW_MAX and raw.size and np.abs(raw).max() > _NARROW_MAX[dtype]:
+                cast_strict(raw, datatype, name)  # raises, saying which values
+            array = raw.astype(dtype, copy=False)
+        elif datatype == "BYTES":
+            array = _bytes_array(np.asarray(values), name)
+        else:
+            array = cast_strict(np.asarray(values), datatype, name)
     except ValueError as exc:
         raise InvalidInput(f"input {name!r}: data is not a regular (non-ragged) array: {exc}") from None
-    if datatype == "BYTES":
-        array = _bytes_array(raw, name)
-    else:
-        array = cast_strict(raw, datatype, name)
     if shape is None:
         return array
     if array.size != element_count(shape):
