@@ -10,12 +10,13 @@ once with prometheus-client's in-memory values and once in its multiprocess mode
 `--workers N` uses; measured in a child process, since the mode is fixed at import). And what
 ending requests on time adds to each (issue 9), on uvloop as the server runs: the request guard
 (`Dataplane._within`: a RequestContext, its deadline, the in-flight table the deadline sweep reads)
-and the hot routes' disconnect watch object, against awaiting the same work bare.
+and the hot routes' context with its disconnect watch, against awaiting the same work bare.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import subprocess
@@ -28,10 +29,11 @@ from collections.abc import Callable
 import numpy as np
 
 from modelbay.codecs import oip_json
-from modelbay.http.inference import _DisconnectWatch
+from modelbay.http.inference import _client_gone
 from modelbay.metrics import Metrics, multiprocess_mode
 from modelbay.predictor import Predictor
 from modelbay.registry.registry import ModelRegistry, ServedModel
+from modelbay.runtime.context import RequestContext
 from modelbay.runtime.dataplane import Dataplane
 from modelbay.settings import BatchingConfig
 from modelbay.types import InferenceResponse
@@ -75,8 +77,8 @@ async def guard_costs(number: int = 100_000) -> tuple[float, float]:
                 elif step == "guard":
                     await dataplane._within(None, model, _work())
                 else:
-                    with _DisconnectWatch(_receive):
-                        await _work()
+                    RequestContext(watch=functools.partial(_client_gone, _receive))
+                    await _work()
             best = min(best, time.perf_counter() - started)
         return best / number * 1e6
 
@@ -134,7 +136,10 @@ def main() -> None:
     request, batch = json.loads(child.stdout)
     rows += [("metrics, multiprocess: on_request", request), ("metrics, multiprocess: on_batch share", batch)]
     guard, watch = run_guard_costs()
-    rows += [("request guard (context, deadline, in-flight)", guard), ("HTTP disconnect watch", watch)]
+    rows += [
+        ("request guard (context, deadline, in-flight)", guard),
+        ("HTTP door's context and watch", watch),
+    ]
     print("| step | us per request |")
     print("|---|---|")
     for label, cost in rows:

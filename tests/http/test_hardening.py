@@ -226,8 +226,11 @@ HUGE = [9223372036854775807, 0]
     ("request_kwargs", "message"),
     [
         ({"json": infer_json(HUGE, [])}, f"shape {HUGE} has more than"),
-        ({"json": infer_json([2, 3], [1e39] * 6)}, "values from 1e+39 to 1e+39 do not fit FP32"),
-        ({"json": infer_json([1, 3], [1.0, True, 2.0])}, "FP32 data must hold numbers"),
+        (
+            {"json": infer_json([2, 3], [1e39] * 6)},
+            "FP32 data must hold numbers from -3.40282e+38 to 3.40282e+38: Expected `float` <= 3.40282346",
+        ),
+        ({"json": infer_json([1, 3], [1.0, True, 2.0])}, "FP32 data must hold numbers from"),
         ({"json": infer_json([1, 3], [1, 2, 3], datatype="INT64")}, "expected datatype FP32, got INT64"),
         ({"json": infer_json([1, -3], [])}, "has a negative dimension"),
         ({"json": infer_json([1] * 40, [1])}, "shape has 40 dimensions; at most 32"),
@@ -280,6 +283,11 @@ async def test_a_failing_example_withdraws_the_rest_of_its_request() -> None:
             hung.gate.set()
 
 
+class PythonNaN(Predictor):
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return [{"score": None if x is None else float("nan")} for x in batch]
+
+
 class NaNs(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x / 0
@@ -288,11 +296,16 @@ class NaNs(torch.nn.Module):
 async def test_nan_or_infinity_in_an_output_is_reported_not_sent_as_null() -> None:
     server = Server()
     server.add_model("nans", NaNs(), example=torch.zeros(1, 2))
+    server.add_model("python-nan", PythonNaN())
     async with asgi_client(server) as client:
         reply = await client.post("/v2/models/nans/infer", json=infer_json([1, 2], [0, 1]))
         assert reply.status_code == 500 and "holds NaN or infinity, which JSON cannot carry" in reply.text
         reply = await client.post("/predict/nans", json={"input": [0, 1]})
         assert reply.status_code == 500 and "NaN or infinity" in reply.text
+        reply = await client.post("/predict/python-nan", json={"input": 1})  # a float, not numpy
+        assert reply.status_code == 500 and "NaN or infinity" in reply.text
+        reply = await client.post("/predict/python-nan", json={"input": None})  # a real null is fine
+        assert reply.status_code == 200 and reply.json()["predictions"] == {"score": None}
         body = infer_json([1, 2], [0, 1])
         body["parameters"] = {"binary_data_output": True}
         reply = await client.post("/v2/models/nans/infer", json=body)

@@ -40,17 +40,59 @@ def test_flat_and_nested_data_are_the_same_tensor() -> None:
 @pytest.mark.parametrize(
     ("data", "datatype", "shape", "message"),
     [
-        ([1.5], "INT64", [1], "input 'x': INT64 data must hold integers: Expected `int"),
+        (
+            [1.5],
+            "INT64",
+            [1],
+            "input 'x': INT64 data must hold integers from -9223372036854775808 to 9223372036854775807: "
+            "Expected `int",
+        ),
         ([1, 0], "BOOL", [2], "input 'x': BOOL data must hold booleans: Expected `bool"),
-        ([1.0, True], "FP32", [2], "input 'x': FP32 data must hold numbers: Expected `float"),
-        ([[0.5], [False]], "FP64", [2, 1], "input 'x': FP64 data must hold numbers: Expected `float"),
-        ([1e39], "FP32", [1], "input 'x': values from 1e+39 to 1e+39 do not fit FP32"),
-        ([-70000], "FP16", [1], "input 'x': values from -70000.0 to -70000.0 do not fit FP16"),
+        (
+            [1.0, True],
+            "FP32",
+            [2],
+            "input 'x': FP32 data must hold numbers from -3.40282e+38 to 3.40282e+38: Expected `float",
+        ),
+        (
+            [[0.5], [False]],
+            "FP64",
+            [2, 1],
+            "input 'x': FP64 data must hold numbers from -1.79769e+308 to 1.79769e+308: Expected `float",
+        ),
+        (
+            [1e39],
+            "FP32",
+            [1],
+            "input 'x': FP32 data must hold numbers from -3.40282e+38 to 3.40282e+38: "
+            "Expected `float` <= 3.40282346",
+        ),
+        (
+            [-70000],
+            "FP16",
+            [1],
+            "input 'x': FP16 data must hold numbers from -65504 to 65504: Expected `float` >= -65504.0",
+        ),
         ([], "FP32", [2**63 - 1, 0], f"input 'x': shape [{2**63 - 1}, 0] has more than"),
         ([1], "FP32", [1] * 33, "input 'x': shape has 33 dimensions; at most 32"),
-        ([300], "UINT8", [1], "input 'x': values from 300 to 300 do not fit UINT8 [0, 255]"),
-        ([-1], "UINT32", [1], "input 'x': values from -1 to -1 do not fit UINT32 [0, 4294967295]"),
-        (["a"], "FP32", [1], "input 'x': FP32 data must hold numbers: Expected `float"),
+        (
+            [300],
+            "UINT8",
+            [1],
+            "input 'x': UINT8 data must hold integers from 0 to 255: Expected `int` <= 255",
+        ),
+        (
+            [-1],
+            "UINT32",
+            [1],
+            "input 'x': UINT32 data must hold integers from 0 to 4294967295: Expected `int` >= 0",
+        ),
+        (
+            ["a"],
+            "FP32",
+            [1],
+            "input 'x': FP32 data must hold numbers from -3.40282e+38 to 3.40282e+38: Expected `float",
+        ),
         ([1, 2], "BYTES", [2], "input 'x': BYTES data must hold strings: Expected `str"),
         ([1, 2, 3], "FP32", [2, 2], "input 'x': shape [2, 2] needs 4 elements, data has 3"),
         ([[1, 2], [3]], "FP32", [3], "input 'x': data is not a regular (non-ragged) array"),

@@ -14,8 +14,9 @@ returned raw when the request sets `parameters.binary_data_output`, or an output
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -23,6 +24,7 @@ import numpy as np
 from modelbay.codecs.raw import array_from_raw, raw_from_array
 from modelbay.errors import InferenceFailed, InvalidInput
 from modelbay.types import (
+    DATATYPES,
     MAX_DIMS,
     InferenceRequest,
     InferenceResponse,
@@ -41,20 +43,35 @@ def _nested(element: Any, depth: int = MAX_DIMS) -> Any:
     return kind
 
 
-# What JSON tensor data must hold, by datatype kind (OIP "Tensor Data"): numbers for numeric
-# datatypes (integers for the integer ones; a JSON integer is a fine FP32), booleans for BOOL,
-# strings for BYTES. Checked while decoding, in C: `true` among FP32 data or 1.5 among INT64 data
-# is refused, not silently turned into 1.0 / 1 (issue 9, item 9).
-_DATA_TYPES: dict[str, Any] = {"f": _nested(float), "i": _nested(int), "b": _nested(bool), "O": _nested(str)}
-_DATA_TYPES["u"] = _DATA_TYPES["i"]
-_DATA_DECODERS = {kind: msgspec.json.Decoder(data_type) for kind, data_type in _DATA_TYPES.items()}
-# Decoded Python values are checked by converting a one-field struct: msgspec caches a struct's
-# type information, where `convert(data, a bare union type)` rebuilds it per call (~130 us).
+def _element(datatype: str) -> tuple[Any, str]:
+    """The Python type one JSON element of `datatype` must decode to, bounds included, and its words."""
+    if datatype == "BYTES":
+        return str, "strings"
+    if datatype == "BOOL":
+        return bool, "booleans"
+    dtype = DATATYPES[datatype]
+    info = np.finfo(dtype) if dtype.kind == "f" else np.iinfo(dtype)
+    low, high = (float(info.min), float(info.max)) if dtype.kind == "f" else (int(info.min), int(info.max))
+    kind = float if dtype.kind == "f" else int
+    words = f"numbers from {low:g} to {high:g}" if dtype.kind == "f" else f"integers from {low} to {high}"
+    if datatype == "UINT64":  # msgspec's bounds stop at int64; numpy refuses the rest (_array)
+        return Annotated[kind, msgspec.Meta(ge=0)], words
+    return Annotated[kind, msgspec.Meta(ge=low, le=high)], words
+
+
+# What JSON tensor data must hold, per datatype (OIP "Tensor Data"): numbers within the datatype's
+# range for the numeric ones (integers for the integer ones; a JSON integer is a fine FP32),
+# booleans for BOOL, strings for BYTES. Checked while decoding, in C, with the bounds: `true` among
+# FP32 data, 1.5 among INT64 data, 1e39 for FP32 or 300 for UINT8 are refused, not silently made
+# 1.0, 1, inf or 44 (issue 9, item 9). Decoded Python values (the simple door) are checked by
+# converting a one-field struct: msgspec caches a struct's type information, where `convert(data,
+# a bare union type)` rebuilds it per call (~130 us).
+_ELEMENTS = {datatype: _element(datatype) for datatype in DATATYPES}
+_DATA_DECODERS = {datatype: msgspec.json.Decoder(_nested(kind)) for datatype, (kind, _) in _ELEMENTS.items()}
 _DATA_STRUCTS = {
-    kind: msgspec.defstruct(f"Data_{kind}", [("data", data_type)], array_like=True)
-    for kind, data_type in _DATA_TYPES.items()
+    datatype: msgspec.defstruct(f"Data_{datatype}", [("data", _nested(kind))], array_like=True)
+    for datatype, (kind, _) in _ELEMENTS.items()
 }
-_WANTS = {"f": "numbers", "i": "integers", "u": "integers", "b": "booleans", "O": "strings"}
 
 
 class _RequestInput(msgspec.Struct):
@@ -82,19 +99,33 @@ _request_decoder = msgspec.json.Decoder(_Request)
 
 def _numpy_hook(value: Any) -> Any:
     if isinstance(value, np.ndarray | np.generic):
-        _check_finite(value, "prediction")
         return value.tolist()
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
-def _check_finite(array: np.ndarray | np.generic, what: str) -> None:
-    """Raise InferenceFailed when a floating `array` holds NaN or an infinity.
+def _refuse_non_finite(value: Any, what: str) -> None:
+    """Raise InferenceFailed when `value` holds a float NaN or infinity, anywhere inside it.
 
-    JSON has no token for them (RFC 8259 section 6; OIP JSON tensor data are JSON numbers), and a
-    JSON encoder would write `null`: a silent wrong answer. The binary extension and gRPC carry
-    them as they are.
+    JSON has no token for them (RFC 8259 section 6; OIP JSON tensor data are JSON numbers), and
+    msgspec writes them as `null`: a silent wrong answer. Called only for an encoded body that
+    holds `null`, so the common answer pays one byte search. Binary outputs and gRPC carry them as
+    they are.
     """
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+    if isinstance(value, np.ndarray | np.generic):
+        bad = value.dtype.kind == "f" and not np.isfinite(value).all()
+    elif isinstance(value, float):
+        bad = not math.isfinite(value)
+    elif isinstance(value, dict):
+        bad = False
+        for item in value.values():
+            _refuse_non_finite(item, what)
+    elif isinstance(value, list | tuple):
+        bad = False
+        for item in value:
+            _refuse_non_finite(item, what)
+    else:
+        bad = False
+    if bad:
         raise InferenceFailed(
             f"{what} holds NaN or infinity, which JSON cannot carry; ask for raw outputs "
             "(OIP binary_data_output, or gRPC) to receive them as they are"
@@ -103,7 +134,6 @@ def _check_finite(array: np.ndarray | np.generic, what: str) -> None:
 
 _encoder = msgspec.json.Encoder(enc_hook=_numpy_hook)
 
-_NARROW_MAX = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32)}
 # Which JSON-decoded numpy kinds may become which target kinds without losing meaning.
 _ALLOWED_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}
 
@@ -189,49 +219,45 @@ def array_from_json(data: Any, datatype: str, shape: list[int] | None, name: str
     BOOL, a number for BYTES), ragged data, values out of the datatype's range (integers, and
     1e39 for FP32), a shape `declared_count` refuses, or an element count that differs from it.
     """
-    kind = numpy_dtype(datatype).kind  # an unknown datatype fails first, whatever the data
+    numpy_dtype(datatype)  # an unknown datatype fails first, whatever the data
     if shape is not None:
         declared_count(shape, name)
     try:
-        values = msgspec.convert((data,), _DATA_STRUCTS[kind], strict=True).data  # type: ignore[attr-defined]
+        values = msgspec.convert((data,), _DATA_STRUCTS[datatype], strict=True).data  # type: ignore[attr-defined]
     except msgspec.ValidationError as exc:
         error = str(exc).replace("$[0]", "$", 1)  # the path inside the data, as the JSON door says it
-        raise InvalidInput(f"input {name!r}: {datatype} data must hold {_WANTS[kind]}: {error}") from None
+        raise InvalidInput(
+            f"input {name!r}: {datatype} data must hold {_ELEMENTS[datatype][1]}: {error}"
+        ) from None
     return _array(values, datatype, shape, name)
 
 
 def _array_from_raw_json(data: msgspec.Raw, datatype: str, shape: list[int], name: str) -> np.ndarray:
     """`array_from_json` for the undecoded JSON of an OIP input's `data`: typed in one decoding pass."""
-    kind = numpy_dtype(datatype).kind
+    numpy_dtype(datatype)
     declared_count(shape, name)
     try:
-        values = _DATA_DECODERS[kind].decode(data)
+        values = _DATA_DECODERS[datatype].decode(data)
     except msgspec.ValidationError as exc:
-        raise InvalidInput(f"input {name!r}: {datatype} data must hold {_WANTS[kind]}: {exc}") from None
+        raise InvalidInput(
+            f"input {name!r}: {datatype} data must hold {_ELEMENTS[datatype][1]}: {exc}"
+        ) from None
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"input {name!r}: data is not valid JSON: {exc}") from None
     return _array(values, datatype, shape, name)
 
 
 def _array(values: Any, datatype: str, shape: list[int] | None, name: str) -> np.ndarray:
-    """Type-checked nested values -> the array of `datatype` and `shape` (already checked sane).
-
-    Values for a floating datatype narrower than FP64 are checked against its largest finite value
-    with one reduction before the cast (1e39 must not become FP32 infinity).
-    """
-    dtype = numpy_dtype(datatype)
+    """Values already checked for `datatype` (kind and range) -> its array of `shape` (checked sane)."""
     try:
-        if dtype.kind == "f":
-            raw = np.asarray(values)  # float64: JSON numbers are finite and fit it
-            if dtype in _NARROW_MAX and raw.size and np.abs(raw).max() > _NARROW_MAX[dtype]:
-                cast_strict(raw, datatype, name)  # raises, saying which values
-            array = raw.astype(dtype, copy=False)
-        elif datatype == "BYTES":
+        if datatype == "BYTES":
             array = _bytes_array(np.asarray(values), name)
         else:
-            array = cast_strict(np.asarray(values), datatype, name)
+            array = np.asarray(values, dtype=DATATYPES[datatype])
     except ValueError as exc:
         raise InvalidInput(f"input {name!r}: data is not a regular (non-ragged) array: {exc}") from None
+    except OverflowError:
+        raise InvalidInput(f"input {name!r}: {datatype} data must hold {_ELEMENTS[datatype][1]}") from None
     if shape is None:
         return array
     if array.size != element_count(shape):
@@ -320,6 +346,9 @@ def encode_response(
     if response.parameters:
         body["parameters"] = response.parameters
     header = _encoder.encode(body)
+    if b"null" in header:  # a NaN or infinity became null (nothing else in this body can be null)
+        for name, array in response.outputs.items():
+            _refuse_non_finite(array, f"output {name!r}")
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
@@ -334,11 +363,16 @@ def output_json(name: str, array: np.ndarray) -> dict[str, Any]:
         except (UnicodeDecodeError, TypeError) as exc:
             raise InferenceFailed(f"output {name!r} holds bytes that are not UTF-8 text: {exc}") from None
     else:
-        _check_finite(array, f"output {name!r}")
         data = array.reshape(-1).tolist()
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}
 
 
 def encode_json(value: Any) -> bytes:
-    """Any JSON-able value, numpy arrays and scalars included (as lists and numbers) -> JSON bytes."""
-    return _encoder.encode(value)
+    """Any JSON-able value, numpy arrays and scalars included (as lists and numbers) -> JSON bytes.
+
+    Raises InferenceFailed when it holds a float NaN or infinity (JSON cannot carry them).
+    """
+    body = _encoder.encode(value)
+    if b"null" in body:
+        _refuse_non_finite(value, "the answer")
+    return body

@@ -8,7 +8,7 @@ dict, the body is read straight from `receive`, and the answer is sent as two AS
 
 from __future__ import annotations
 
-import asyncio
+import functools
 
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
@@ -84,8 +84,8 @@ class InferenceRoutes:
     ) -> bytes:
         body = await read_body(receive, headers, self.max_body_bytes)
         examples, single = await predict_examples(scope, headers, body)
-        with _DisconnectWatch(receive) as context:
-            result = await self.dataplane.predict(model, version, examples, context)
+        context = RequestContext(watch=functools.partial(_client_gone, receive))
+        result = await self.dataplane.predict(model, version, examples, context)
         predictions = result.predictions[0] if single else result.predictions
         answer = {"model": result.model, "version": result.version, "predictions": predictions}
         if result.defaults:
@@ -98,8 +98,8 @@ class InferenceRoutes:
         header_length = _header_length(headers)
         body = await read_body(receive, headers, self.max_body_bytes)
         request, binary = oip_json.decode_request(body, model, version, header_length)
-        with _DisconnectWatch(receive) as context:
-            response = await self.dataplane.infer(request, context)
+        context = RequestContext(watch=functools.partial(_client_gone, receive))
+        response = await self.dataplane.infer(request, context)
         content, json_length = oip_json.encode_response(response, binary)
         if json_length is None:
             return 200, _JSON, content
@@ -123,33 +123,10 @@ def _header_length(headers: dict[str, str]) -> int | None:
     return int(value)
 
 
-class _DisconnectWatch:
-    """The RequestContext of one hot-route request, ended with ClientGone if its client leaves.
-
-    A request still unanswered `WATCH_AFTER_S` after it began (the dataplane calls
-    `RequestContext.watch`) starts a task that waits for the ASGI `http.disconnect` message; when
-    it comes, the request is ended, so a request nobody waits for leaves the model's queue instead
-    of filling it (issue 9, item 2). Fast requests never start one.
-    """
-
-    __slots__ = ("context", "receive", "watcher")
-
-    def __init__(self, receive: Receive) -> None:
-        self.context = RequestContext(watch=self._start)
-        self.receive = receive
-        self.watcher: asyncio.Task[None] | None = None
-
-    def __enter__(self) -> RequestContext:
-        return self.context
-
-    def __exit__(self, *exc: object) -> None:
-        if self.watcher is not None:
-            self.watcher.cancel()
-
-    def _start(self, context: RequestContext) -> None:
-        self.watcher = asyncio.get_running_loop().create_task(self._watch())
-
-    async def _watch(self) -> None:
-        message = await self.receive()
-        if message["type"] == "http.disconnect":
-            self.context.end(ClientGone())
+async def _client_gone(receive: Receive) -> bool:
+    """True once the client has gone: what `receive` says after the body was read (the ASGI
+    `http.disconnect` message). Awaited only for a request still unanswered after
+    `WATCH_AFTER_S` (RequestContext.watch), so a request nobody waits for leaves the model's
+    queue instead of filling it (issue 9, item 2)."""
+    message = await receive()
+    return bool(message["type"] == "http.disconnect")

@@ -4,8 +4,9 @@ uvicorn closes idle keep-alive connections, but not one whose client sends half 
 waits (slowloris): such a connection is held for ever, and enough of them exhaust the process's
 file descriptors (issue 9, item 10). Here every request must arrive whole, headers and body, within
 `read_timeout_s` of its first byte (a new connection: of its opening); otherwise it is answered
-408 and the connection is closed. The timer runs per connection, not per request on the hot path
-of the app, and is off while the app works on a request that has fully arrived. The request line
+408 and the connection is closed. No timer is armed per request: each connection notes when it
+began reading a request, and one task per server sweeps the connections (every
+min(1 s, read_timeout_s / 2)), so a late request is closed within that much of its deadline. The request line
 and headers together may take at most MAX_HEADER_BYTES (431 past it): memory a client can make
 the server hold is bounded per connection.
 """
@@ -13,6 +14,7 @@ the server hold is bounded per connection.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -26,7 +28,8 @@ MAX_HEADER_BYTES = 64 * 1024
 
 
 class ReadTimeoutProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol that answers 408 and closes a connection whose request is late.
+    """HttpToolsProtocol that answers 408 and closes a connection whose request is late, and 431
+    one whose request line and headers pass MAX_HEADER_BYTES.
 
     The timeout, in seconds, is the uvicorn Config's `read_timeout_s` attribute (set by
     modelbay.server; READ_TIMEOUT_S when absent). The class is referred to by name so that
@@ -36,17 +39,14 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.read_timeout_s: float = getattr(config, "read_timeout_s", READ_TIMEOUT_S)
-        self._read_timer: asyncio.TimerHandle | None = None
+        self.reading_since: float | None = None  # loop time the request being read began; None: none
         self._in_head = False  # between a request's first byte and the end of its headers
         self._head_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
+        self.reading_since = self.loop.time()
+        _ensure_sweep(self)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -58,8 +58,9 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._in_head, self._head_bytes = True, 0
+        if self.reading_since is None:
+            self.reading_since = self.loop.time()
         super().on_message_begin()
-        self._arm()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -67,7 +68,7 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._disarm()
+        self.reading_since = None
 
     def _answer(self, status: int, reason: str, message: str) -> None:
         body = encode_json({"error": message})
@@ -76,17 +77,9 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body)
         )
 
-    def _arm(self) -> None:
-        if self._read_timer is None:
-            self._read_timer = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
-
-    def _disarm(self) -> None:
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
-
-    def _read_timed_out(self) -> None:
-        self._read_timer = None
+    def read_timed_out(self) -> None:
+        """Answer 408 (unless a response is under way) and close: the request is late."""
+        self.reading_since = None
         if self.transport.is_closing():
             return
         cycle = self.cycle
@@ -96,3 +89,27 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
             if cycle is not None:
                 cycle.disconnected = True  # the app reads a disconnect, and anything it sends is dropped
         self.transport.close()
+
+
+# One task per server (per uvicorn ServerState) closes the connections whose request is late. It
+# runs while the server has connections and stops when it has none; the next connection restarts it.
+_SWEEPS: weakref.WeakKeyDictionary[Any, asyncio.Task[None]] = weakref.WeakKeyDictionary()
+
+
+def _ensure_sweep(protocol: ReadTimeoutProtocol) -> None:
+    state = protocol.server_state
+    task = _SWEEPS.get(state)
+    if task is None or task.done():
+        _SWEEPS[state] = protocol.loop.create_task(_sweep(state, protocol.read_timeout_s))
+
+
+async def _sweep(state: Any, read_timeout_s: float) -> None:
+    interval = min(1.0, read_timeout_s / 2)
+    loop = asyncio.get_running_loop()
+    while state.connections:
+        await asyncio.sleep(interval)
+        cutoff = loop.time() - read_timeout_s
+        for connection in list(state.connections):
+            since = getattr(connection, "reading_since", None)
+            if since is not None and since < cutoff:
+                connection.read_timed_out()

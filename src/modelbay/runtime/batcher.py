@@ -151,9 +151,28 @@ class Batcher:
             self._executor = None
 
     async def submit(self, item: Any) -> Any:
-        """Queue one item and wait for its output: `submit_many([item])[0]`; raises what it raises."""
-        (output,) = await self.submit_many((item,))
-        return output
+        """Queue one item and wait for its output: `submit_many([item])[0]` without the lists (the
+        common case, on every request's path); raises what `submit_many` raises."""
+        if self._task is None:
+            raise ModelNotReady(f"model {self.name!r} is not running")
+        try:
+            rows = self._rows(item)
+        except BaseException as exc:  # model code (Predictor.rows), on the event loop
+            raise model_failure(self.name, exc) from exc
+        if not 1 <= rows <= self.config.max_batch_size or len(self._queue) >= self.config.max_queue_size:
+            self._check([rows])  # raises, saying which limit
+        pending = _Pending(item, rows, asyncio.get_running_loop().create_future(), time.monotonic())
+        self._queue.append(pending)
+        self._queued_rows += rows
+        self._arrivals += 1
+        waiter = self._waiter
+        if waiter is not None and self._queued_rows >= self._wake_at_rows and not waiter.done():
+            waiter.set_result(None)
+        try:
+            return await pending.future
+        except BaseException:  # failed, or the caller was cancelled: leave the queue
+            self._withdraw([pending])
+            raise
 
     async def submit_many(self, items: Sequence[Any]) -> list[Any]:
         """Queue the items of one request together and wait for all their outputs, in order.

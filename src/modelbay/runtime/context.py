@@ -14,9 +14,8 @@ those that are slow (`watch`). A timer per request cost ~10 us on uvloop (benchm
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from modelbay.errors import ModelbayError
 
@@ -25,26 +24,33 @@ class ClientGone(Exception):
     """The client closed its connection (or cancelled its call) before the answer; no one to tell."""
 
 
-@dataclass(slots=True, eq=False)
 class RequestContext:
     """The life of one inference request as the dataplane sees it.
 
     deadline: `time.monotonic()` seconds (the event loop's clock) by which the request must be
               answered, as the door knows it (a gRPC client's deadline); None: no limit from the
               door. The dataplane narrows it by the model's `timeout_s`.
-    watch:    called once, by the dataplane, with this context when the request is still
-              unanswered `WATCH_AFTER_S` after it began: the HTTP door then starts waiting for its
-              client to leave (and calls `end(ClientGone())` if it does). None: nothing to watch.
-    started:  `time.monotonic()` when the context was made.
+    watch:    how to learn that the client has gone: awaited (once, in a task the dataplane starts
+              when the request is still unanswered `WATCH_AFTER_S` after it began), it returns
+              True when the client left, and the request is then ended with ClientGone. None:
+              nothing to watch.
+    started:  `time.monotonic()` when the dataplane took the request.
     task:     the asyncio task serving the request; the dataplane fills it in.
+    watcher:  the task awaiting `watch`, once started.
     reason:   why the request was ended early, once it was (see `end`).
     """
 
-    deadline: float | None = None
-    watch: Callable[[RequestContext], None] | None = None
-    started: float = field(default_factory=time.monotonic)
-    task: asyncio.Task[object] | None = None
-    reason: ModelbayError | ClientGone | None = None
+    __slots__ = ("deadline", "reason", "started", "task", "watch", "watcher")
+
+    def __init__(
+        self, deadline: float | None = None, watch: Callable[[], Awaitable[bool]] | None = None
+    ) -> None:
+        self.deadline = deadline
+        self.watch = watch
+        self.started = 0.0
+        self.task: asyncio.Task[Any] | None = None
+        self.watcher: asyncio.Task[None] | None = None
+        self.reason: ModelbayError | ClientGone | None = None
 
     def end(self, reason: ModelbayError | ClientGone) -> None:
         """End the request now: its task is cancelled, and the dataplane raises `reason` in its place.

@@ -20,7 +20,7 @@ from modelbay.metrics import Metrics
 from modelbay.registry.registry import ModelRegistry, ServedModel
 from modelbay.runtime.batcher import DefaultOutput, model_failure
 from modelbay.runtime.cache import request_key
-from modelbay.runtime.context import RequestContext
+from modelbay.runtime.context import ClientGone, RequestContext
 from modelbay.types import InferenceRequest, InferenceResponse
 
 SERVER_NAME = "modelbay"
@@ -91,7 +91,7 @@ class Dataplane:
                     _expire(context, model)
                 elif context.watch is not None and now - context.started >= WATCH_AFTER_S:
                     watch, context.watch = context.watch, None
-                    watch(context)
+                    context.watcher = asyncio.get_running_loop().create_task(_watch_client(context, watch))
 
     @property
     def in_flight(self) -> int:
@@ -232,6 +232,7 @@ class Dataplane:
         """
         context = context or RequestContext()
         task = context.task = asyncio.current_task()
+        context.started = time.monotonic()
         if model.timeout_s is not None:
             limit = context.started + model.timeout_s
             context.deadline = limit if context.deadline is None else min(context.deadline, limit)
@@ -248,6 +249,8 @@ class Dataplane:
         finally:
             context.task = None
             del self._in_flight[context]
+            if context.watcher is not None:
+                context.watcher.cancel()
 
     def _ready_model(self, name: str, version: str | None) -> ServedModel:
         model = self.registry.get(name, version)
@@ -262,6 +265,11 @@ class Dataplane:
             model.metrics.on_request(door, time.perf_counter() - started, error)
         elif error is not None:  # an unknown model: never its name as a label value
             self.metrics.requests.labels("", "", door, type(error).__name__).inc()
+
+
+async def _watch_client(context: RequestContext, gone: Callable[[], Awaitable[bool]]) -> None:
+    if await gone():
+        context.end(ClientGone())
 
 
 def _expire(context: RequestContext, model: ServedModel) -> None:
@@ -299,7 +307,9 @@ async def _predict(model: ServedModel, examples: list[Any]) -> tuple[list[Any], 
     in_thread = predictor.preprocess_in_thread
     pre, post = predictor.preprocess, predictor.postprocess
     items = [await _call(model, pre, x) if in_thread else _hook(model, pre, x) for x in examples]
-    outputs = await model.batcher.submit_many(items)
+    outputs = (
+        [await model.batcher.submit(items[0])] if len(items) == 1 else await model.batcher.submit_many(items)
+    )
     defaults = [index for index, y in enumerate(outputs) if isinstance(y, DefaultOutput)]
     if defaults:
         outputs = [y.value if isinstance(y, DefaultOutput) else y for y in outputs]
