@@ -25,6 +25,7 @@ import uuid
 from typing import TypeVar
 
 _T = TypeVar("_T")
+_model_log = logging.getLogger("modelbay.batcher")  # where model failures have always been logged
 
 
 class ModelbayError(Exception):
@@ -109,3 +110,20 @@ def internal_error(exc: Exception, log: logging.Logger) -> InferenceFailed:
     error_id = uuid.uuid4().hex[:12]
     log.error("internal error (error id %s)", error_id, exc_info=exc)
     return InferenceFailed(f"internal server error (error id {error_id})", error_id)
+
+
+def model_failure(model: str, exc: BaseException) -> ModelbayError:
+    """What a client is told when model code raised `exc`.
+
+    A ModelbayError other than InferenceFailed (e.g. InvalidInput raised by a handler) passes
+    through unchanged: its message is meant for the client. Anything else is logged with its
+    traceback under a fresh error id and becomes InferenceFailed (HTTP 500) that says only that
+    the model failed and the id: exception text can hold paths and secrets (issue 9, item 12).
+    """
+    if isinstance(exc, ModelbayError) and not isinstance(exc, InferenceFailed):
+        return exc
+    error_id = uuid.uuid4().hex[:12]
+    _model_log.error("model %r failed (error id %s)", model, error_id, exc_info=exc)
+    return InferenceFailed(
+        f"model {model!r} failed (error id {error_id}; the server log has the details)", error_id
+    )

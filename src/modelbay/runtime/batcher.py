@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,16 +17,14 @@ from typing import Any, Protocol
 from modelbay.errors import (
     InferenceFailed,
     InvalidInput,
-    ModelbayError,
     ModelNotReady,
     Overloaded,
     PayloadTooLarge,
+    model_failure,
 )
 from modelbay.runtime.adaptive import AdaptiveBatchSize
 from modelbay.runtime.threads import DaemonThreadPool
 from modelbay.settings import BatchingConfig
-
-log = logging.getLogger("modelbay.batcher")
 
 # Under an SLO, a batch below the limit stays open while requests arrive at most this far apart.
 ARRIVAL_GAP_S = 0.001
@@ -151,23 +147,8 @@ class Batcher:
             self._executor = None
 
     async def submit(self, item: Any) -> Any:
-        """Queue one item and wait for its output: `submit_many([item])[0]` without the lists (the
-        common case, on every request's path); raises what `submit_many` raises."""
-        if self._task is None:
-            raise ModelNotReady(f"model {self.name!r} is not running")
-        try:
-            rows = self._rows(item)
-        except BaseException as exc:  # model code (Predictor.rows), on the event loop
-            raise model_failure(self.name, exc) from exc
-        if not 1 <= rows <= self.config.max_batch_size or len(self._queue) >= self.config.max_queue_size:
-            self._check([rows])  # raises, saying which limit
-        pending = _Pending(item, rows, asyncio.get_running_loop().create_future(), time.monotonic())
-        self._queue.append(pending)
-        self._queued_rows += rows
-        self._arrivals += 1
-        waiter = self._waiter
-        if waiter is not None and self._queued_rows >= self._wake_at_rows and not waiter.done():
-            waiter.set_result(None)
+        """Queue one item and wait for its output: `submit_many([item])[0]`; raises what it raises."""
+        (pending,) = self._enqueue((item,))
         try:
             return await pending.future
         except BaseException:  # failed, or the caller was cancelled: leave the queue
@@ -185,6 +166,15 @@ class Batcher:
         take them); Overloaded if they do not fit in the queue now; ModelNotReady if the batcher
         is not running; InferenceFailed (or the predictor's own ModelbayError) if the model fails.
         """
+        batch = self._enqueue(items)
+        try:
+            return [await pending.future for pending in batch]
+        except BaseException:  # one failed, or the caller was cancelled: the rest must not run
+            self._withdraw(batch)
+            raise
+
+    def _enqueue(self, items: Sequence[Any]) -> list[_Pending]:
+        """Check the items of one request (see `submit_many`), queue them, wake the loop if due."""
         if self._task is None:
             raise ModelNotReady(f"model {self.name!r} is not running")
         try:
@@ -203,11 +193,7 @@ class Batcher:
         waiter = self._waiter
         if waiter is not None and self._queued_rows >= self._wake_at_rows and not waiter.done():
             waiter.set_result(None)
-        try:
-            return [await pending.future for pending in batch]
-        except BaseException:  # one failed, or the caller was cancelled: the rest must not run
-            self._withdraw(batch)
-            raise
+        return batch
 
     def _check(self, sizes: list[int]) -> None:
         """Refuse a request's items before any is queued (see `submit_many`)."""
@@ -405,20 +391,3 @@ class Batcher:
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def model_failure(model: str, exc: BaseException) -> ModelbayError:
-    """What a client is told when model code raised `exc`.
-
-    A ModelbayError other than InferenceFailed (e.g. InvalidInput raised by a handler) passes
-    through unchanged: its message is meant for the client. Anything else is logged with its
-    traceback under a fresh error id and becomes InferenceFailed (HTTP 500) that says only that
-    the model failed and the id: exception text can hold paths and secrets (issue 9, item 12).
-    """
-    if isinstance(exc, ModelbayError) and not isinstance(exc, InferenceFailed):
-        return exc
-    error_id = uuid.uuid4().hex[:12]
-    log.error("model %r failed (error id %s)", model, error_id, exc_info=exc)
-    return InferenceFailed(
-        f"model {model!r} failed (error id {error_id}; the server log has the details)", error_id
-    )

@@ -15,10 +15,17 @@ from typing import Any
 import numpy as np
 
 from modelbay import __version__
-from modelbay.errors import DeadlineExceeded, InvalidInput, ModelbayError, ModelNotReady, PayloadTooLarge
+from modelbay.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelbayError,
+    ModelNotReady,
+    PayloadTooLarge,
+    model_failure,
+)
 from modelbay.metrics import Metrics
 from modelbay.registry.registry import ModelRegistry, ServedModel
-from modelbay.runtime.batcher import DefaultOutput, model_failure
+from modelbay.runtime.batcher import DefaultOutput
 from modelbay.runtime.cache import request_key
 from modelbay.runtime.context import ClientGone, RequestContext
 from modelbay.types import InferenceRequest, InferenceResponse
