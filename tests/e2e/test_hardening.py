@@ -4,6 +4,7 @@ the connection limit. Each of these hung or held resources on the code before th
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import signal
 import socket
 import time
@@ -136,6 +137,16 @@ def test_headers_past_64_kib_get_431_and_the_connection_closes(strict_server: st
         answer = read_until_closed(sock, timeout_s=5)
     assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large")
     assert httpx.get(f"{strict_server}/v2/health/live").status_code == 200
+
+
+def test_a_request_the_parser_cannot_read_gets_a_json_400(strict_server: str) -> None:
+    port = int(strict_server.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GARBAGE\r\n\r\n")
+        answer = read_until_closed(sock, timeout_s=5)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head
+    assert json.loads(body) == {"error": "malformed HTTP request: Invalid HTTP request received."}
 
 
 def test_past_max_connections_a_request_gets_503_not_a_refused_connection(strict_server: str) -> None:

@@ -70,6 +70,12 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self.reading_since = None
 
+    def send_400_response(self, msg: str) -> None:
+        """A request the HTTP parser cannot read: 400 with an OIP error body (uvicorn's is plain
+        text), then the connection closes."""
+        self._answer(400, "Bad Request", f"malformed HTTP request: {msg}")
+        self.transport.close()
+
     def _answer(self, status: int, reason: str, message: str) -> None:
         body = encode_json({"error": message})
         self.transport.write(
