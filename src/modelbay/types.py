@@ -8,14 +8,18 @@ A dimension of -1 in a shape means "any size" (dynamic), as in OIP model metadat
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from modelbay.errors import InvalidInput
+
+if TYPE_CHECKING:
+    import torch
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -34,20 +38,26 @@ DATATYPES: dict[str, np.dtype] = {
 }
 _BY_NUMPY = {dtype: name for name, dtype in DATATYPES.items()}
 
-_TORCH = {
-    torch.bool: "BOOL",
-    torch.uint8: "UINT8",
-    torch.uint16: "UINT16",
-    torch.uint32: "UINT32",
-    torch.uint64: "UINT64",
-    torch.int8: "INT8",
-    torch.int16: "INT16",
-    torch.int32: "INT32",
-    torch.int64: "INT64",
-    torch.float16: "FP16",
-    torch.float32: "FP32",
-    torch.float64: "FP64",
-}
+
+@functools.cache
+def _torch_datatypes() -> dict[Any, str]:
+    """torch dtype -> OIP datatype; built on first use, so this module does not import torch."""
+    import torch
+
+    return {
+        torch.bool: "BOOL",
+        torch.uint8: "UINT8",
+        torch.uint16: "UINT16",
+        torch.uint32: "UINT32",
+        torch.uint64: "UINT64",
+        torch.int8: "INT8",
+        torch.int16: "INT16",
+        torch.int32: "INT32",
+        torch.int64: "INT64",
+        torch.float16: "FP16",
+        torch.float32: "FP32",
+        torch.float64: "FP64",
+    }
 
 
 def numpy_dtype(datatype: str) -> np.dtype:
@@ -60,7 +70,11 @@ def numpy_dtype(datatype: str) -> np.dtype:
 
 def datatype_of(dtype: np.dtype | torch.dtype) -> str:
     """The OIP datatype name of a numpy or torch dtype. Raises InvalidInput when OIP has none."""
-    name = _TORCH.get(dtype) if isinstance(dtype, torch.dtype) else _BY_NUMPY.get(np.dtype(dtype))
+    torch = sys.modules.get("torch")  # a torch dtype exists only once torch is imported
+    if torch is not None and isinstance(dtype, torch.dtype):
+        name = _torch_datatypes().get(dtype)
+    else:
+        name = _BY_NUMPY.get(np.dtype(dtype))  # type: ignore[arg-type]
     if name is None:
         raise InvalidInput(f"dtype {dtype} has no Open Inference Protocol datatype")
     return name

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from modelbay import __version__
+from modelbay._version import __version__
 from modelbay.client import Client
 from modelbay.errors import ModelbayError, ModelLoadError
 from modelbay.registry.repository import is_repository, scan_repository

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from modelbay import __version__
+from modelbay._version import __version__
 from modelbay.types import DATATYPES, MAX_DIMS
 
 _ERROR = {

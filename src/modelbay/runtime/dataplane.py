@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from modelbay import __version__
+from modelbay._version import __version__
 from modelbay.errors import (
     DeadlineExceeded,
     InvalidInput,
