@@ -6,6 +6,7 @@
     │   ├── UnsupportedMediaType    a Content-Type the door does not speak          (415)
     │   └── RequestTimeout          the client sent its body too slowly             (408)
     ├── ModelNotFound               no model (or model version) by that name        (404 / NOT_FOUND)
+    ├── Forbidden                   management from off loopback                    (403 / PERMISSION_DENIED)
     ├── Unavailable                 cannot take the request now; retry later        (503 / UNAVAILABLE)
     │   ├── ModelNotReady           the model is loading, stopping or failed
     │   └── Overloaded              the model's queue is full (HTTP adds Retry-After)
@@ -54,6 +55,11 @@ class RequestTimeout(InvalidInput):
 
 class ModelNotFound(ModelbayError):
     """No model is served under that name, or the model has no such version."""
+
+
+class Forbidden(ModelbayError):
+    """The caller may not do this: the management API (load, unload) answers only loopback clients
+    until API keys exist (issue 11)."""
 
 
 class Unavailable(ModelbayError):

@@ -8,6 +8,7 @@ import grpc
 
 from modelbay.errors import (
     DeadlineExceeded,
+    Forbidden,
     InferenceFailed,
     InvalidInput,
     ModelbayError,
@@ -21,6 +22,7 @@ from modelbay.errors import (
 log = logging.getLogger("modelbay.grpc")
 
 CODES: dict[type[ModelbayError], grpc.StatusCode] = {
+    Forbidden: grpc.StatusCode.PERMISSION_DENIED,
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     Unavailable: grpc.StatusCode.UNAVAILABLE,

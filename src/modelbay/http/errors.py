@@ -13,6 +13,7 @@ from starlette.responses import Response
 from modelbay.codecs.oip_json import encode_json
 from modelbay.errors import (
     DeadlineExceeded,
+    Forbidden,
     InferenceFailed,
     InvalidInput,
     ModelbayError,
@@ -31,6 +32,7 @@ log = logging.getLogger("modelbay.http")
 
 # Most specific class first: the first match in the exception's MRO wins.
 STATUS: dict[type[ModelbayError], int] = {
+    Forbidden: 403,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     RequestTimeout: 408,

@@ -21,9 +21,11 @@ from modelbay.errors import (
     ModelbayError,
     ModelNotReady,
     PayloadTooLarge,
+    Unavailable,
     model_failure,
 )
 from modelbay.metrics import Metrics
+from modelbay.registry.manager import ModelManager, VersionStatus
 from modelbay.registry.registry import ModelRegistry, ServedModel
 from modelbay.runtime.batcher import DefaultOutput
 from modelbay.runtime.cache import request_key
@@ -63,6 +65,7 @@ class Dataplane:
         self._in_flight: dict[RequestContext, ServedModel] = {}
         self._busy = asyncio.Event()  # set when a request arrives while none is in flight
         self._sweeper: asyncio.Task[None] | None = None
+        self.manager: ModelManager | None = None  # set by the server (modelbay.registry.manager)
         for model in registry:
             model.metrics = self.metrics.for_model(model.name, model.version, _depth(model))
             model.batcher.observer = model.metrics
@@ -111,6 +114,35 @@ class Dataplane:
         for context in ended:
             context.end(reason)
         return len(ended)
+
+    def repository_index(self, ready_only: bool = False) -> list[VersionStatus]:
+        """The OIP model repository index: every model version the server knows, with its state.
+
+        ready_only: only the READY ones. Raises Unavailable when the server has no model manager.
+        """
+        return self._manager().index(ready_only)
+
+    async def load_model(self, name: str) -> None:
+        """Load (or reload) every version of model `name` from where the server found it (its
+        path, or the model repository, read again); the versions serve once loaded and warmed,
+        replacing those of the same numbers after they finish what they were given.
+
+        Raises ModelNotFound when no source has a model of that name, ModelLoadError (its index
+        row FAILED, with the reason) when it cannot be loaded; what served before keeps serving.
+        """
+        await self._manager().load(name)
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving every version of `name` once its in-flight and queued requests are done.
+
+        Raises ModelNotFound for a model that is not loaded.
+        """
+        await self._manager().unload(name)
+
+    def _manager(self) -> ModelManager:
+        if self.manager is None:
+            raise Unavailable("this server has no model manager: the model repository API is off")
+        return self.manager
 
     def live(self) -> bool:
         """OIP server live: the process can answer. Always True while it can answer at all."""
