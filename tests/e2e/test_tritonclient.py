@@ -7,11 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc as grpclib
 import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import free_port, modelbay_serve
@@ -54,11 +56,16 @@ def export(path: Path, dtype: torch.dtype) -> None:
     torch.export.save(program, path)
 
 
+# "spare" is the model the repository test unloads and loads again; the others keep serving.
+NUMERIC = {"fp32": torch.float32, "fp16": torch.float16, "int64": torch.int64, "spare": torch.float32}
+
+
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """`modelbay serve` over a repository with FP32, FP16, INT64 and BYTES models: (http, grpc) addresses."""
+    """`modelbay serve` over a repository with FP32 (two), FP16, INT64 and BYTES models: (http, grpc)
+    addresses."""
     repository = tmp_path_factory.mktemp("repository")
-    for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("int64", torch.int64)):
+    for name, dtype in NUMERIC.items():
         (repository / name / "1").mkdir(parents=True)
         export(repository / name / "1" / "model.pt2", dtype)
     (repository / "words").mkdir()
@@ -171,3 +178,62 @@ def test_errors_reach_the_client_with_status_and_message(http: Any, grpc: Any, t
     with pytest.raises(InferenceServerException) as err:
         client.get_model_metadata("nope")
     assert "no model named 'nope'" in err.value.message()
+
+
+@pytest.fixture(scope="module")
+def triton_stub(servers: tuple[str, str]) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
+    """Triton's own generated stub: for what tritonclient does not expose (the index's `ready`)."""
+    with grpclib.insecure_channel(servers[1]) as channel:
+        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+def grpc_index(stub: Any, ready: bool = False) -> dict[str, tuple[str, str]]:
+    """The repository index: model name -> (version, state)."""
+    response = stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(ready=ready))
+    return {m.name: (m.version, m.state) for m in response.models}
+
+
+def grpc_scale(client: Any, model: str) -> np.ndarray:
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    tensor = grpcclient.InferInput("x", [2, 4], "FP32")
+    tensor.set_data_from_numpy(x)
+    return client.infer(model, [tensor]).as_numpy("output")
+
+
+@pytest.mark.skip(reason="needs the model manager")
+def test_model_repository_index_unload_and_load_over_grpc(grpc: Any, triton_stub: Any) -> None:
+    served = {"fp32", "fp16", "int64", "spare", "words"}
+    index = grpc.get_model_repository_index(as_json=True)["models"]
+    assert {(m["name"], m["version"], m["state"]) for m in index} == {(n, "1", "READY") for n in served}
+    assert grpc_index(triton_stub, ready=True) == {n: ("1", "READY") for n in served}
+
+    grpc.unload_model("spare")
+    try:
+        assert grpc_index(triton_stub)["spare"] == ("1", "UNAVAILABLE")
+        assert "spare" not in grpc_index(triton_stub, ready=True)
+        assert not grpc.is_model_ready("spare")
+        with pytest.raises(InferenceServerException) as err:
+            grpc_scale(grpc, "spare")
+        assert err.value.status() in ("StatusCode.NOT_FOUND", "StatusCode.UNAVAILABLE")
+        assert "spare" in err.value.message()
+        np.testing.assert_array_equal(grpc_scale(grpc, "fp32"), np.arange(8).reshape(2, 4) * 3)
+    finally:
+        grpc.load_model("spare")
+    assert grpc_index(triton_stub)["spare"] == ("1", "READY")
+    assert grpc.is_model_ready("spare")
+    np.testing.assert_array_equal(grpc_scale(grpc, "spare"), np.arange(8).reshape(2, 4) * 3)
+
+    with pytest.raises(InferenceServerException) as err:
+        grpc.load_model("nope")
+    assert err.value.status() == "StatusCode.NOT_FOUND" and "nope" in err.value.message()
+    assert grpc_index(triton_stub, ready=True) == {n: ("1", "READY") for n in served}
+
+
+def test_load_with_a_config_override_or_files_is_refused_over_grpc(grpc: Any) -> None:
+    with pytest.raises(InferenceServerException) as err:
+        grpc.load_model("spare", config="{}", files={"file:1/model.pt2": b"x"})
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert err.value.message().startswith(
+        "load parameters ['config', 'file:1/model.pt2'] are not supported yet"
+    )
+    assert grpc.is_model_ready("spare")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import struct
 import threading
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from modelbay import Predictor
 from modelbay.codecs import oip_grpc
 from modelbay.grpc.generated import grpc_predict_v2_pb2 as pb
 from modelbay.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelbay.grpc.servicer import is_loopback
 from modelbay.server import Server
 from modelbay.settings import BatchingConfig, Settings
 from modelbay.types import InferenceResponse, TensorSpec
@@ -313,3 +316,108 @@ def test_response_parameters_travel_as_infer_parameters() -> None:
     message = oip_grpc.encode_response(response)
     assert message.parameters["default_output"].WhichOneof("parameter_choice") == "bool_param"
     assert message.parameters["default_output"].bool_param is True
+
+
+PEERS = [
+    ("ipv4:127.0.0.1:3", True),
+    ("ipv4:127.0.0.9:3", True),
+    ("ipv6:[::1]:2", True),
+    ("ipv6:%5B::1%5D:2", True),  # how grpcio 1.85 writes it
+    ("ipv6:%5B::ffff:127.0.0.1%5D:4", True),  # an IPv4 client of a dual-stack socket
+    ("ipv4:10.0.0.5:1", False),
+    ("ipv6:%5B2001:db8::1%5D:5", False),
+    ("ipv6:%5B::ffff:10.0.0.5%5D:4", False),
+    ("unix:/tmp/x", False),
+    ("ipv4:localhost:3", False),
+    ("", False),
+]
+
+
+@pytest.mark.parametrize(("peer", "loopback"), PEERS)
+def test_only_loopback_peers_may_manage_the_repository(peer: str, loopback: bool) -> None:
+    assert is_loopback(peer) is loopback
+
+
+def outward_address() -> str | None:
+    """This machine's IPv4 address on its default route, or None when it has none but loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # a UDP connect picks the route and sends nothing
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+def test_a_client_off_loopback_is_refused_the_repository_api_but_may_infer() -> None:
+    address = outward_address()
+    if address is None:
+        pytest.skip("this machine has no address but loopback")
+    server = Server(Settings(host=address, port=0, grpc_port=free_port()))
+    server.add_model("affine", Affine(), example=torch.zeros(1, 3))
+    server.start()
+    channel = grpc.insecure_channel(f"{address}:{server.settings.grpc_port}")
+    try:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        calls = [
+            (stub.RepositoryIndex, pb.RepositoryIndexRequest()),
+            (stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="affine")),
+            (stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name="affine")),
+        ]
+        for method, request in calls:
+            with pytest.raises(grpc.RpcError) as err:
+                method(request)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert err.value.details() == (
+                "the model repository API answers only loopback clients until API keys exist (issue 11)"
+            )
+        x = {"name": "x", "datatype": "FP32", "shape": [1, 3], "contents": {"fp32_contents": [1, 2, 3]}}
+        reply = infer(stub, "affine", x)
+        assert np.frombuffer(reply.raw_output_contents[0], "<f4").tolist() == [3, 5, 7]
+        assert stub.ModelReady(pb.ModelReadyRequest(name="affine")).ready
+    finally:
+        channel.close()
+        server.stop()
+
+
+def test_a_repository_name_is_not_found(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    calls = [
+        (stub.RepositoryIndex, pb.RepositoryIndexRequest(repository_name="other")),
+        (
+            stub.RepositoryModelLoad,
+            pb.RepositoryModelLoadRequest(repository_name="other", model_name="affine"),
+        ),
+        (
+            stub.RepositoryModelUnload,
+            pb.RepositoryModelUnloadRequest(repository_name="other", model_name="affine"),
+        ),
+    ]
+    for method, request in calls:
+        with pytest.raises(grpc.RpcError) as err:
+            method(request)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert err.value.details() == "modelbay has one repository; leave repository_name empty"
+
+
+@pytest.mark.parametrize(
+    ("parameters", "named"),
+    [
+        ({"config": pb.ModelRepositoryParameter(string_param="{}")}, "['config']"),
+        (
+            {
+                "file:1/model.pt2": pb.ModelRepositoryParameter(bytes_param=b"x"),
+                "config": pb.ModelRepositoryParameter(string_param="{}"),
+            },
+            "['config', 'file:1/model.pt2']",
+        ),
+    ],
+)
+def test_load_with_a_config_override_or_files_is_refused_for_now(
+    stub: pb_grpc.GRPCInferenceServiceStub, parameters: dict, named: str
+) -> None:
+    request = pb.RepositoryModelLoadRequest(model_name="affine", parameters=parameters)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.RepositoryModelLoad(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(f"load parameters {named} are not supported yet")
+    assert stub.ModelReady(pb.ModelReadyRequest(name="affine")).ready

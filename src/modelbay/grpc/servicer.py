@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from modelbay.codecs import oip_grpc
-from modelbay.errors import InvalidInput, ModelNotFound
+from modelbay.errors import Forbidden, InvalidInput, ModelNotFound
 from modelbay.grpc.errors import status_of
 from modelbay.grpc.generated import grpc_predict_v2_pb2 as pb
 from modelbay.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -74,6 +76,86 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return oip_grpc.encode_response(response)
 
         return await _guarded(context, call)
+
+    # The model repository extension, as Triton's grpc_service.proto defines it. Each call answers
+    # only loopback clients (PERMISSION_DENIED otherwise) and takes an empty repository_name
+    # (NOT_FOUND otherwise); then it is one Dataplane call (repository_index, load_model,
+    # unload_model) whose errors map through grpc/errors.py.
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async def call() -> Any:
+            _check_management(context, request.repository_name)
+            rows = self.dataplane.repository_index(ready_only=request.ready)
+            return pb.RepositoryIndexResponse(
+                models=[
+                    pb.RepositoryIndexResponse.ModelIndex(
+                        name=row.name, version=row.version, state=str(row.state), reason=row.reason
+                    )
+                    for row in rows
+                ]
+            )
+
+        return await _guarded(context, call)
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async def call() -> Any:
+            _check_management(context, request.repository_name)
+            overrides = sorted(k for k in request.parameters if k == "config" or k.startswith("file:"))
+            if overrides:
+                raise InvalidInput(
+                    f"load parameters {overrides} are not supported yet: modelbay loads a model "
+                    "from its repository as it is there (no 'config' override, no 'file:<path>' uploads)"
+                )
+            await self.dataplane.load_model(request.model_name)
+            return pb.RepositoryModelLoadResponse()
+
+        return await _guarded(context, call)
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async def call() -> Any:
+            # Triton's "unload_dependents" (tritonclient always sends it) has nothing to act on:
+            # modelbay has no ensembles.
+            _check_management(context, request.repository_name)
+            await self.dataplane.unload_model(request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+
+        return await _guarded(context, call)
+
+
+def _check_management(context: grpc.aio.ServicerContext, repository_name: str) -> None:
+    """Raises Forbidden for a caller off loopback, ModelNotFound for a repository_name."""
+    if not is_loopback(context.peer()):
+        raise Forbidden(
+            "the model repository API answers only loopback clients until API keys exist (issue 11)"
+        )
+    if repository_name:
+        raise ModelNotFound("modelbay has one repository; leave repository_name empty")
+
+
+def is_loopback(peer: str) -> bool:
+    """Whether a gRPC peer (`ServicerContext.peer()`) is a loopback IP address.
+
+    peer: "ipv4:127.0.0.1:54321", "ipv6:[::1]:54321" (gRPC percent-encodes the brackets:
+    "ipv6:%5B::1%5D:54321"), "ipv6:[::ffff:127.0.0.1]:54321" (an IPv4 client of a dual-stack
+    socket), or another scheme ("unix:/path"), which is never loopback here.
+    """
+    scheme, _, rest = urllib.parse.unquote(peer).partition(":")
+    if scheme not in ("ipv4", "ipv6"):
+        return False
+    host = rest.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 async def _guarded(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Any]]) -> Any:
