@@ -36,6 +36,7 @@ from modelbay.loading import LoadedModel, load_model
 from modelbay.loading.runner import TorchRunner, example_inputs, signature_inputs
 from modelbay.metrics import shared_folder
 from modelbay.predictor import Predictor
+from modelbay.registry.manager import ModelManager
 from modelbay.registry.registry import ModelRegistry, ServedModel
 from modelbay.runtime.dataplane import Dataplane
 from modelbay.runtime.process import own_process
@@ -57,6 +58,8 @@ class Server:
         self.settings = settings or Settings()
         self.registry = ModelRegistry()
         self._pending: list[LoadedModel] = []
+        # Where each served version came from, by name and version: what the model manager loads again.
+        self.sources: dict[str, dict[str, LoadedModel]] = {}
         self._uvicorn: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._drain: Callable[[], object] | None = None  # begins the drain, from any thread
@@ -106,31 +109,12 @@ class Server:
         self.settings = msgspec.structs.replace(self.settings, models=[])
         pending, self._pending = self._pending, []
         for loaded in pending:
-            try:
-                loaded.predictor.setup(loaded.model_dir)
-                if loaded.config.batching.default_output is not None:
-                    loaded.predictor.default_output(loaded.config.batching.default_output, 1)
-            except ModelLoadError as exc:
-                raise ModelLoadError(f"model {loaded.name!r}: {exc.message}") from exc
-            except Exception as exc:
-                raise ModelLoadError(
-                    f"model {loaded.name!r}: setup failed: {type(exc).__name__}: {exc}"
-                ) from exc
-            config = loaded.config
-            model = ServedModel(
-                loaded.name,
-                config.version,
-                loaded.predictor,
-                config.batching,
-                loaded.model_dir,
-                config.cache,
-                timeout_s=config.timeout_s,
-                preprocess_threads=config.preprocess_threads,
-            )
+            model = build_served_model(loaded)
             try:
                 self.registry.add(model)
             except ValueError as exc:
                 raise ModelLoadError(str(exc)) from exc
+            self.sources.setdefault(model.name, {})[model.version] = loaded
 
     def app(self) -> ModelbayApp:
         """The ASGI app over the loaded models (call `load()` first).
@@ -143,6 +127,8 @@ class Server:
         dataplane = Dataplane(self.registry)
         settings = self.settings
         grace = settings.graceful_timeout_s
+        if settings.workers == 1:  # with several workers each would diverge from the others
+            dataplane.manager = ModelManager(self.registry, dataplane, self.sources, reload, grace)
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -244,6 +230,42 @@ class Server:
     def url(self) -> str:
         """http://host:port of the running server."""
         return f"http://{self.settings.host}:{self.port}"
+
+
+def reload(loaded: LoadedModel) -> ServedModel:
+    """A fresh copy of a served version from its source, set up: its files read again when it came
+    from disk (a ModelConfig is complete: `load_model` needs nothing else), its predictor set up
+    again when it was added in code. Blocking. Raises ModelLoadError."""
+    if loaded.config.path is not None:
+        loaded = load_model(loaded.config)
+    return build_served_model(loaded)
+
+
+def build_served_model(loaded: LoadedModel) -> ServedModel:
+    """Set up a built predictor (`Predictor.setup`: weights, warm-up run) and wrap it for serving.
+
+    Blocking: called before the server listens, or on a thread by the model manager.
+    Raises ModelLoadError naming the model when setup fails or the default output does not fit.
+    """
+    try:
+        loaded.predictor.setup(loaded.model_dir)
+        if loaded.config.batching.default_output is not None:
+            loaded.predictor.default_output(loaded.config.batching.default_output, 1)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"model {loaded.name!r}: {exc.message}") from exc
+    except Exception as exc:
+        raise ModelLoadError(f"model {loaded.name!r}: setup failed: {type(exc).__name__}: {exc}") from exc
+    config = loaded.config
+    return ServedModel(
+        loaded.name,
+        config.version,
+        loaded.predictor,
+        config.batching,
+        loaded.model_dir,
+        config.cache,
+        timeout_s=config.timeout_s,
+        preprocess_threads=config.preprocess_threads,
+    )
 
 
 WORKER_SETTINGS = "MODELBAY_WORKER_SETTINGS"

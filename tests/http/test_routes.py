@@ -68,7 +68,7 @@ async def test_oip_health_and_metadata(digits: httpx.AsyncClient) -> None:
     assert (await digits.get("/v2/models/digits/ready")).status_code == 200
     assert (await digits.get("/v2/models/digits/versions/1/ready")).status_code == 200
     server = (await digits.get("/v2")).json()
-    assert server["name"] == "modelbay" and server["extensions"] == ["binary_tensor_data"]
+    assert server["name"] == "modelbay" and server["extensions"] == ["binary_tensor_data", "model_repository"]
     metadata = (await digits.get("/v2/models/digits")).json()
     assert metadata == {
         "name": "digits",

@@ -12,6 +12,8 @@ Routes:
   POST /v2/models/{model}[/versions/{version}]/infer
   GET  /openapi.json, /docs                          the API description
   GET  /metrics                                     Prometheus metrics (modelbay.metrics)
+  POST /v2/repository/index, /v2/repository/models/{model}/load|unload
+                                                    OIP model repository extension (http/repository.py)
 Every error body is `{"error": "..."}` with the status of `modelbay.http.errors.STATUS`.
 """
 
@@ -34,6 +36,7 @@ from modelbay.errors import Unavailable
 from modelbay.http.errors import error_response, json_response
 from modelbay.http.inference import InferenceRoutes, match
 from modelbay.http.openapi import docs_page, openapi_document
+from modelbay.http.repository import repository_routes
 from modelbay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from modelbay.runtime.dataplane import Dataplane
 
@@ -126,6 +129,7 @@ def create_app(
         Route("/v2/health/live", endpoint(live)),
         Route("/v2/health/ready", endpoint(ready)),
     ]
+    routes += repository_routes(dataplane, max_body_bytes)
     starlette = Starlette(
         routes=routes,
         lifespan=lifespan or dataplane_only,

@@ -264,6 +264,7 @@ def openapi_document() -> dict[str, Any]:
         "/v2/health/live": _health("OIP server live"),
         "/v2/health/ready": _health("OIP server ready: every model is ready"),
     }
+    paths.update(_repository_paths())
     for suffix, params in (("{model}", [_MODEL]), ("{model}/versions/{version}", [_MODEL, _VERSION])):
         for path, item in (
             (f"/predict/{suffix}", predict),
@@ -280,6 +281,62 @@ def openapi_document() -> dict[str, Any]:
             "description": "Prediction service: a simple door and the Open Inference Protocol v2 (REST).",
         },
         "paths": paths,
+    }
+
+
+def _repository_paths() -> dict[str, Any]:
+    """The OIP model repository extension (http/repository.py): loopback clients only (403)."""
+    refusals = {"400": _ERROR, "403": _ERROR, "413": _ERROR}
+    row = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "state": {"enum": ["UNAVAILABLE", "LOADING", "READY", "UNLOADING", "FAILED"]},
+            "reason": {"type": "string"},
+        },
+    }
+    parameters_body = {
+        "type": "object",
+        "properties": {
+            "parameters": {"type": "object", "description": "config and file:* not supported yet"}
+        },
+    }
+
+    def change(summary: str, failure: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "post": {
+                "summary": summary,
+                "tags": ["repository"],
+                "parameters": [_MODEL],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": parameters_body}},
+                },
+                "responses": {"200": _json({"type": "object"}), **refusals, "404": _ERROR, **failure},
+            }
+        }
+
+    return {
+        "/v2/repository/index": {
+            "post": {
+                "summary": "OIP model repository index: every model version and its state",
+                "tags": ["repository"],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {"type": "object", "properties": {"ready": {"type": "boolean"}}}
+                        }
+                    },
+                },
+                "responses": {"200": _json({"type": "array", "items": row}), **refusals},
+            }
+        },
+        "/v2/repository/models/{model}/load": change(
+            "Load (or reload) a model the server knows; 200 once it serves", {"500": _ERROR}
+        ),
+        "/v2/repository/models/{model}/unload": change("Unload a model once its requests are done", {}),
     }
 
 

@@ -94,6 +94,29 @@ class ModelRegistry:
         versions[model.version] = model
         self._default[model.name] = versions[max(versions, key=_version_key)]
 
+    def replace(self, model: ServedModel) -> ServedModel | None:
+        """Serve `model` from now on, in place of the one of its name and version if any (returned).
+
+        One dict assignment: a request looks up either the old version or the new, never neither.
+        """
+        versions = self._models.setdefault(model.name, {})
+        old = versions.get(model.version)
+        versions[model.version] = model
+        self._default[model.name] = versions[max(versions, key=_version_key)]
+        return old
+
+    def remove(self, model: ServedModel) -> None:
+        """Stop serving `model` (requests already holding it finish); the default is recomputed."""
+        versions = self._models.get(model.name, {})
+        if versions.get(model.version) is not model:
+            return
+        del versions[model.version]
+        if versions:
+            self._default[model.name] = versions[max(versions, key=_version_key)]
+        else:
+            del self._models[model.name]
+            del self._default[model.name]
+
     def get(self, name: str, version: str | None = None) -> ServedModel:
         """The model `name` at `version` (default: its highest version).
 

@@ -39,7 +39,7 @@ SWEEP_S = 0.05
 WATCH_AFTER_S = 0.5
 # OIP server metadata `extensions`: the optional parts of the protocol this server has
 # (Triton's names: the binary tensor data extension of REST).
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
 
 @dataclass(slots=True)
@@ -67,8 +67,16 @@ class Dataplane:
         self._sweeper: asyncio.Task[None] | None = None
         self.manager: ModelManager | None = None  # set by the server (modelbay.registry.manager)
         for model in registry:
-            model.metrics = self.metrics.for_model(model.name, model.version, _depth(model))
-            model.batcher.observer = model.metrics
+            self.attach(model)
+
+    def attach(self, model: ServedModel) -> None:
+        """Bind `model` to this dataplane's metrics (a model loaded at runtime gets them here too)."""
+        model.metrics = self.metrics.for_model(model.name, model.version, _depth(model))
+        model.batcher.observer = model.metrics
+
+    def in_flight_for(self, model: ServedModel) -> int:
+        """Requests being served now by `model` (in its hooks, queued, or in the model)."""
+        return sum(1 for served in self._in_flight.values() if served is model)
 
     async def start(self) -> None:
         """Start every model's batcher and hook threads on the running loop; the models are ready."""

@@ -1,0 +1,101 @@
+"""The Open Inference Protocol model repository extension over REST, as Triton defines it.
+
+  POST /v2/repository/index                   [{"name", "version", "state", "reason"}, ...]
+  POST /v2/repository/models/{model}/load     load (or reload) the model; 200 once it serves
+  POST /v2/repository/models/{model}/unload   stop serving it once its requests are done
+
+Bodies are optional JSON objects: the index takes {"ready": bool}; load and unload take
+{"parameters": {...}}. The API manages the server, so it answers only loopback clients until API
+keys exist (issue 11): 403 otherwise. Load's `config` and `file:<path>` parameters (a model sent
+with the request) are not supported yet: 400.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from modelbay.errors import Forbidden, InvalidInput
+from modelbay.http.body import decode_json, header_dict, read_body
+from modelbay.http.errors import error_response, json_response
+from modelbay.runtime.dataplane import Dataplane
+
+
+def repository_routes(dataplane: Dataplane, max_body_bytes: int) -> list[Route]:
+    """The extension's three routes over `dataplane`; bodies are read within `max_body_bytes`."""
+
+    async def index(request: Request) -> Response:
+        body = await _body(request, max_body_bytes)
+        ready = body.get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidInput(f'"ready" must be true or false, got {ready!r}')
+        rows = dataplane.repository_index(ready)
+        return json_response(
+            [{"name": r.name, "version": r.version, "state": str(r.state), "reason": r.reason} for r in rows]
+        )
+
+    async def load(request: Request) -> Response:
+        _refuse_model_upload(await _body(request, max_body_bytes))
+        await dataplane.load_model(request.path_params["model"])
+        return json_response({})
+
+    async def unload(request: Request) -> Response:
+        await _body(request, max_body_bytes)
+        await dataplane.unload_model(request.path_params["model"])
+        return json_response({})
+
+    return [
+        Route("/v2/repository/index", _guarded(index), methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", _guarded(load), methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", _guarded(unload), methods=["POST"]),
+    ]
+
+
+def _guarded(handler: Any) -> Any:
+    async def guarded(request: Request) -> Response:
+        try:
+            if not is_loopback(request.client.host if request.client else ""):
+                raise Forbidden("the model repository API answers only loopback clients until API keys exist")
+            response: Response = await handler(request)
+            return response
+        except Exception as exc:
+            return error_response(exc)
+
+    return guarded
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback address (127.0.0.0/8, ::1, an IPv4-mapped loopback); False otherwise."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+async def _body(request: Request, limit: int) -> dict[str, Any]:
+    """The optional JSON object body. Raises InvalidInput for anything else, PayloadTooLarge past `limit`."""
+    raw = await read_body(request.receive, header_dict(request.scope), limit)
+    if not raw.strip():
+        return {}
+    value = decode_json(raw)
+    if not isinstance(value, dict):
+        raise InvalidInput(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _refuse_model_upload(body: dict[str, Any]) -> None:
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f'"parameters" must be an object, got {type(parameters).__name__}')
+    sent = sorted(key for key in parameters if key == "config" or key.startswith("file:"))
+    if sent:
+        raise InvalidInput(
+            f"loading a model sent with the request ({', '.join(sent)}) is not supported yet; "
+            "load a model the server already knows by name"
+        )
