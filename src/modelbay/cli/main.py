@@ -1,4 +1,5 @@
-"""The `modelbay` command: `serve [PATH ...]`, `predict MODEL FILE...` and `version`."""
+"""The `modelbay` command: `serve [PATH ...]`, `predict MODEL FILE...`, `models`, `load MODEL`,
+`unload MODEL` (cli/repository.py) and `version`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 
 from modelbay._version import __version__
+from modelbay.cli import repository
 from modelbay.client import Client
 from modelbay.errors import ModelbayError, ModelLoadError
 from modelbay.registry.repository import is_repository, scan_repository
@@ -79,7 +81,7 @@ def tensor_spec(text: str) -> dict[str, Any]:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The `modelbay` command line: `serve`, `predict` and `version`."""
+    """The `modelbay` command line: `serve`, `predict`, `models`, `load`, `unload` and `version`."""
     root = argparse.ArgumentParser(prog="modelbay", description="Serve trained models over HTTP.")
     commands = root.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
@@ -123,6 +125,7 @@ def parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--model-version", dest="version", help="model version (default: the highest)")
     predict.add_argument("--json", action="store_true", help="one JSON object per line: file, predictions")
+    repository.add_parsers(commands)
     commands.add_parser("version", help="print the version")
     return root
 
@@ -321,6 +324,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(__version__)
         return 0
+    if args.command in ("models", "load", "unload"):
+        try:
+            url = args.url or default_url(environment())
+        except ModelLoadError as exc:
+            print(f"modelbay: {exc.message}", file=sys.stderr)
+            return 2
+        return repository.run(args, url)
     if args.command == "predict":
         try:
             return predict(args)

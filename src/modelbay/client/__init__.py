@@ -176,6 +176,41 @@ class Client(_Base):
         _rest.raise_for_status(response.status_code, response.headers, response.content)
         return response.json()["predictions"]
 
+    def repository_index(self, ready: bool = False) -> list[dict[str, str]]:
+        """The OIP model repository index: [{"name", "version", "state", "reason"}], READY rows
+        only when `ready`. Raises Forbidden off loopback, Unavailable when the server has no
+        model manager (--workers > 1)."""
+        if self.transport == "grpc":
+            reply = self._call(self._stub.RepositoryIndex, pb.RepositoryIndexRequest(ready=ready))
+            return [
+                {"name": m.name, "version": m.version, "state": m.state, "reason": m.reason}
+                for m in reply.models
+            ]
+        return list(self._repository("/v2/repository/index", {"ready": ready}))
+
+    def load_model(self, model: str) -> None:
+        """Load (or reload) `model` from where the server found it; returns once it serves.
+
+        Raises ModelNotFound when the server knows no such model, InferenceFailed (500) when
+        it cannot be loaded (the index says why), Forbidden off loopback.
+        """
+        if self.transport == "grpc":
+            self._call(self._stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name=model))
+            return
+        self._repository(f"/v2/repository/models/{model}/load", {})
+
+    def unload_model(self, model: str) -> None:
+        """Stop serving `model` once its requests in flight are done. Raises ModelNotFound."""
+        if self.transport == "grpc":
+            self._call(self._stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name=model))
+            return
+        self._repository(f"/v2/repository/models/{model}/unload", {})
+
+    def _repository(self, path: str, body: dict[str, Any]) -> Any:
+        response = self._http.post(path, json=body)
+        _rest.raise_for_status(response.status_code, response.headers, response.content)
+        return response.json()
+
     def _first_input(self, model: str, version: str | None) -> str:
         key = (model, version)
         if key not in self._first_inputs:

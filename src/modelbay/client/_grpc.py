@@ -9,6 +9,7 @@ from modelbay.codecs.oip_grpc import array_from_contents
 from modelbay.codecs.raw import array_from_raw, raw_from_array
 from modelbay.errors import (
     DeadlineExceeded,
+    Forbidden,
     InferenceFailed,
     InvalidInput,
     ModelbayError,
@@ -22,6 +23,7 @@ from modelbay.types import datatype_of
 ERRORS: dict[grpc.StatusCode, type[ModelbayError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
     grpc.StatusCode.NOT_FOUND: ModelNotFound,
+    grpc.StatusCode.PERMISSION_DENIED: Forbidden,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.INTERNAL: InferenceFailed,

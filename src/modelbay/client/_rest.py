@@ -12,6 +12,7 @@ from modelbay.codecs.oip_json import array_from_json
 from modelbay.codecs.raw import array_from_raw, raw_from_array
 from modelbay.errors import (
     DeadlineExceeded,
+    Forbidden,
     InferenceFailed,
     InvalidInput,
     ModelbayError,
@@ -28,6 +29,7 @@ HEADER = "Inference-Header-Content-Length"
 # HTTP status -> the exception the server raised (503 is split by Retry-After, which only Overloaded sets).
 ERRORS: dict[int, type[ModelbayError]] = {
     400: InvalidInput,
+    403: Forbidden,
     404: ModelNotFound,
     408: RequestTimeout,
     413: PayloadTooLarge,
