@@ -200,7 +200,6 @@ def grpc_scale(client: Any, model: str) -> np.ndarray:
     return client.infer(model, [tensor]).as_numpy("output")
 
 
-@pytest.mark.skip(reason="needs the model manager")
 def test_model_repository_index_unload_and_load_over_grpc(grpc: Any, triton_stub: Any) -> None:
     served = {"fp32", "fp16", "int64", "spare", "words"}
     index = grpc.get_model_repository_index(as_json=True)["models"]
@@ -233,7 +232,8 @@ def test_load_with_a_config_override_or_files_is_refused_over_grpc(grpc: Any) ->
     with pytest.raises(InferenceServerException) as err:
         grpc.load_model("spare", config="{}", files={"file:1/model.pt2": b"x"})
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert err.value.message().startswith(
-        "load parameters ['config', 'file:1/model.pt2'] are not supported yet"
+    assert err.value.message() == (
+        "loading a model sent with the request (config, file:1/model.pt2) is not supported yet; "
+        "load a model the server already knows by name"
     )
     assert grpc.is_model_ready("spare")

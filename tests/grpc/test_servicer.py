@@ -402,13 +402,13 @@ def test_a_repository_name_is_not_found(stub: pb_grpc.GRPCInferenceServiceStub) 
 @pytest.mark.parametrize(
     ("parameters", "named"),
     [
-        ({"config": pb.ModelRepositoryParameter(string_param="{}")}, "['config']"),
+        ({"config": pb.ModelRepositoryParameter(string_param="{}")}, "config"),
         (
             {
                 "file:1/model.pt2": pb.ModelRepositoryParameter(bytes_param=b"x"),
                 "config": pb.ModelRepositoryParameter(string_param="{}"),
             },
-            "['config', 'file:1/model.pt2']",
+            "config, file:1/model.pt2",
         ),
     ],
 )
@@ -419,5 +419,23 @@ def test_load_with_a_config_override_or_files_is_refused_for_now(
     with pytest.raises(grpc.RpcError) as err:
         stub.RepositoryModelLoad(request)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.value.details().startswith(f"load parameters {named} are not supported yet")
+    assert err.value.details() == (
+        f"loading a model sent with the request ({named}) is not supported yet; "
+        "load a model the server already knows by name"
+    )
     assert stub.ModelReady(pb.ModelReadyRequest(name="affine")).ready
+
+
+def test_the_repository_index_and_an_unknown_model(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    for ready in (False, True):
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=ready))
+        rows = [(m.name, m.version, m.state, m.reason) for m in index.models]
+        assert rows == [(name, "1", "READY", "") for name in ("affine", "half", "ints", "words")]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="nope"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "nope" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="nope"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "nope" in err.value.details()

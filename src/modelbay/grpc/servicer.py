@@ -104,11 +104,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> Any:
         async def call() -> Any:
             _check_management(context, request.repository_name)
-            overrides = sorted(k for k in request.parameters if k == "config" or k.startswith("file:"))
-            if overrides:
+            sent = sorted(k for k in request.parameters if k == "config" or k.startswith("file:"))
+            if sent:  # the same words as the REST door (http/repository.py)
                 raise InvalidInput(
-                    f"load parameters {overrides} are not supported yet: modelbay loads a model "
-                    "from its repository as it is there (no 'config' override, no 'file:<path>' uploads)"
+                    f"loading a model sent with the request ({', '.join(sent)}) is not supported yet; "
+                    "load a model the server already knows by name"
                 )
             await self.dataplane.load_model(request.model_name)
             return pb.RepositoryModelLoadResponse()
