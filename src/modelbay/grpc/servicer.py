@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -11,12 +10,13 @@ from typing import Any
 import grpc
 
 from modelbay.codecs import oip_grpc
-from modelbay.errors import Forbidden, InvalidInput, ModelNotFound
+from modelbay.errors import InvalidInput, ModelNotFound
 from modelbay.grpc.errors import status_of
 from modelbay.grpc.generated import grpc_predict_v2_pb2 as pb
 from modelbay.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelbay.runtime.context import RequestContext
 from modelbay.runtime.dataplane import Dataplane
+from modelbay.runtime.management import check_manager, is_loopback_host, refuse_model_upload
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -104,12 +104,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> Any:
         async def call() -> Any:
             _check_management(context, request.repository_name)
-            sent = sorted(k for k in request.parameters if k == "config" or k.startswith("file:"))
-            if sent:  # the same words as the REST door (http/repository.py)
-                raise InvalidInput(
-                    f"loading a model sent with the request ({', '.join(sent)}) is not supported yet; "
-                    "load a model the server already knows by name"
-                )
+            refuse_model_upload(request.parameters)
             await self.dataplane.load_model(request.model_name)
             return pb.RepositoryModelLoadResponse()
 
@@ -130,32 +125,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 def _check_management(context: grpc.aio.ServicerContext, repository_name: str) -> None:
     """Raises Forbidden for a caller off loopback, ModelNotFound for a repository_name."""
-    if not is_loopback(context.peer()):
-        raise Forbidden(
-            "the model repository API answers only loopback clients until API keys exist (issue 11)"
-        )
+    check_manager(peer_host(context.peer()))
     if repository_name:
         raise ModelNotFound("modelbay has one repository; leave repository_name empty")
 
 
-def is_loopback(peer: str) -> bool:
-    """Whether a gRPC peer (`ServicerContext.peer()`) is a loopback IP address.
+def peer_host(peer: str) -> str:
+    """The IP address of a gRPC peer (`ServicerContext.peer()`), or "" for another scheme.
 
     peer: "ipv4:127.0.0.1:54321", "ipv6:[::1]:54321" (gRPC percent-encodes the brackets:
-    "ipv6:%5B::1%5D:54321"), "ipv6:[::ffff:127.0.0.1]:54321" (an IPv4 client of a dual-stack
-    socket), or another scheme ("unix:/path"), which is never loopback here.
+    "ipv6:%5B::1%5D:54321"), or another scheme ("unix:/path"), which has no address.
     """
     scheme, _, rest = urllib.parse.unquote(peer).partition(":")
     if scheme not in ("ipv4", "ipv6"):
-        return False
-    host = rest.rpartition(":")[0].removeprefix("[").removesuffix("]")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+        return ""
+    return rest.rpartition(":")[0].removeprefix("[").removesuffix("]")
+
+
+def is_loopback(peer: str) -> bool:
+    """Whether a gRPC peer is on loopback (runtime/management.is_loopback_host of its address)."""
+    return is_loopback_host(peer_host(peer))
 
 
 async def _guarded(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Any]]) -> Any:

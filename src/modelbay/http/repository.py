@@ -12,17 +12,17 @@ with the request) are not supported yet: 400.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelbay.errors import Forbidden, InvalidInput
+from modelbay.errors import InvalidInput
 from modelbay.http.body import decode_json, header_dict, read_body
 from modelbay.http.errors import error_response, json_response
 from modelbay.runtime.dataplane import Dataplane
+from modelbay.runtime.management import check_manager, refuse_model_upload
 
 
 def repository_routes(dataplane: Dataplane, max_body_bytes: int) -> list[Route]:
@@ -39,7 +39,11 @@ def repository_routes(dataplane: Dataplane, max_body_bytes: int) -> list[Route]:
         )
 
     async def load(request: Request) -> Response:
-        _refuse_model_upload(await _body(request, max_body_bytes))
+        body = await _body(request, max_body_bytes)
+        parameters = body.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidInput(f'"parameters" must be an object, got {type(parameters).__name__}')
+        refuse_model_upload(parameters)
         await dataplane.load_model(request.path_params["model"])
         return json_response({})
 
@@ -58,24 +62,13 @@ def repository_routes(dataplane: Dataplane, max_body_bytes: int) -> list[Route]:
 def _guarded(handler: Any) -> Any:
     async def guarded(request: Request) -> Response:
         try:
-            if not is_loopback(request.client.host if request.client else ""):
-                raise Forbidden("the model repository API answers only loopback clients until API keys exist")
+            check_manager(request.client.host if request.client else "")
             response: Response = await handler(request)
             return response
         except Exception as exc:
             return error_response(exc)
 
     return guarded
-
-
-def is_loopback(host: str) -> bool:
-    """True for a loopback address (127.0.0.0/8, ::1, an IPv4-mapped loopback); False otherwise."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 async def _body(request: Request, limit: int) -> dict[str, Any]:
@@ -87,15 +80,3 @@ async def _body(request: Request, limit: int) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput(f"expected a JSON object, got {type(value).__name__}")
     return value
-
-
-def _refuse_model_upload(body: dict[str, Any]) -> None:
-    parameters = body.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise InvalidInput(f'"parameters" must be an object, got {type(parameters).__name__}')
-    sent = sorted(key for key in parameters if key == "config" or key.startswith("file:"))
-    if sent:
-        raise InvalidInput(
-            f"loading a model sent with the request ({', '.join(sent)}) is not supported yet; "
-            "load a model the server already knows by name"
-        )
