@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from modelbay.errors import ModelLoadError, ModelNotFound
-from modelbay.registry.registry import ModelRegistry, ServedModel, _version_key
+from modelbay.registry.registry import ModelRegistry, ServedModel, version_key
 
 if TYPE_CHECKING:
     from modelbay.loading import LoadedModel
@@ -84,7 +84,7 @@ class ModelManager:
 
     def index(self, ready_only: bool = False) -> list[VersionStatus]:
         """Every known model version with its state, sorted by name then version."""
-        rows = sorted(self._status.values(), key=lambda row: (row.name, _version_key(row.version)))
+        rows = sorted(self._status.values(), key=lambda row: (row.name, version_key(row.version)))
         return [row for row in rows if row.state is ModelState.READY or not ready_only]
 
     async def load(self, name: str) -> None:

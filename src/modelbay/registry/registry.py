@@ -72,7 +72,8 @@ class ServedModel:
         return self.predictor.default_output(self.batching.default_output, self.predictor.rows(item))
 
 
-def _version_key(version: str) -> tuple[int, int | str]:
+def version_key(version: str) -> tuple[int, int | str]:
+    """Sort key of a model version: numeric versions by number, above any other (compared as text)."""
     return (1, int(version)) if version.isdigit() else (0, version)
 
 
@@ -84,15 +85,13 @@ class ModelRegistry:
 
     def __init__(self) -> None:
         self._models: dict[str, dict[str, ServedModel]] = {}
-        self._default: dict[str, ServedModel] = {}  # highest version per name, kept on add
+        self._default: dict[str, ServedModel] = {}  # highest version per name (_refresh_default)
 
     def add(self, model: ServedModel) -> None:
         """Register `model`. Raises ValueError if that name and version are already served."""
-        versions = self._models.setdefault(model.name, {})
-        if model.version in versions:
+        if model.version in self._models.get(model.name, {}):
             raise ValueError(f"model {model.name!r} version {model.version!r} is already served")
-        versions[model.version] = model
-        self._default[model.name] = versions[max(versions, key=_version_key)]
+        self.replace(model)
 
     def replace(self, model: ServedModel) -> ServedModel | None:
         """Serve `model` from now on, in place of the one of its name and version if any (returned).
@@ -102,7 +101,7 @@ class ModelRegistry:
         versions = self._models.setdefault(model.name, {})
         old = versions.get(model.version)
         versions[model.version] = model
-        self._default[model.name] = versions[max(versions, key=_version_key)]
+        self._refresh_default(model.name)
         return old
 
     def remove(self, model: ServedModel) -> None:
@@ -111,11 +110,16 @@ class ModelRegistry:
         if versions.get(model.version) is not model:
             return
         del versions[model.version]
+        self._refresh_default(model.name)
+
+    def _refresh_default(self, name: str) -> None:
+        """The highest version of `name` answers unversioned calls; a name with none is dropped."""
+        versions = self._models.get(name)
         if versions:
-            self._default[model.name] = versions[max(versions, key=_version_key)]
+            self._default[name] = versions[max(versions, key=version_key)]
         else:
-            del self._models[model.name]
-            del self._default[model.name]
+            self._models.pop(name, None)
+            self._default.pop(name, None)
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
         """The model `name` at `version` (default: its highest version).
@@ -143,7 +147,7 @@ class ModelRegistry:
         """Versions of `name`, lowest first. Raises ModelNotFound for an unknown name."""
         if name not in self._models:
             raise ModelNotFound(f"no model named {name!r}; served models: {sorted(self._models) or 'none'}")
-        return sorted(self._models[name], key=_version_key)
+        return sorted(self._models[name], key=version_key)
 
     def __iter__(self) -> Iterator[ServedModel]:
         for versions in self._models.values():
