@@ -195,6 +195,16 @@ class Batcher:
             waiter.set_result(None)
         return batch
 
+    def check_count(self, count: int) -> None:
+        """Raise PayloadTooLarge when one request brings more than `max_queue_size` items (the
+        model could never take them at once); callers check before preprocessing them."""
+        most = self.config.max_queue_size
+        if count > most:
+            raise PayloadTooLarge(
+                f"request has {count} examples; model {self.name!r} queues at most {most} "
+                "(max_queue_size): send fewer per request"
+            )
+
     def _check(self, sizes: list[int]) -> None:
         """Refuse a request's items before any is queued (see `submit_many`)."""
         limit = self.config.max_batch_size
@@ -204,12 +214,8 @@ class Batcher:
                     f"request has {rows} rows; model {self.name!r} takes 1 to {limit} (max_batch_size) "
                     "per request" + ("; split it into smaller requests" if rows > limit else "")
                 )
+        self.check_count(len(sizes))
         most = self.config.max_queue_size
-        if len(sizes) > most:
-            raise PayloadTooLarge(
-                f"request has {len(sizes)} examples; model {self.name!r} queues at most {most} "
-                "(max_queue_size): send fewer per request"
-            )
         if len(self._queue) + len(sizes) > most:
             raise Overloaded(
                 f"model {self.name!r} has {len(self._queue)} requests queued "

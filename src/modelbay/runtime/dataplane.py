@@ -20,7 +20,6 @@ from modelbay.errors import (
     InvalidInput,
     ModelbayError,
     ModelNotReady,
-    PayloadTooLarge,
     Unavailable,
     model_failure,
 )
@@ -248,11 +247,7 @@ class Dataplane:
             model = self._ready_model(name, version)
             if not examples:
                 raise InvalidInput("the request has no examples; send at least one")
-            if len(examples) > model.batching.max_queue_size:
-                raise PayloadTooLarge(
-                    f"request has {len(examples)} examples; model {name!r} queues at most "
-                    f"{model.batching.max_queue_size} (max_queue_size): send fewer per request"
-                )
+            model.batcher.check_count(len(examples))  # before preprocessing them all
             if model.cache is None:
                 predictions, defaults = await self._within(context, model, _predict(model, examples))
             else:
