@@ -33,14 +33,13 @@ from starlette.types import Receive, Scope, Send
 
 from modelbay.codecs.oip_json import encode_json
 from modelbay.errors import Unavailable
-from modelbay.http.errors import error_response, json_response
+from modelbay.http.errors import guarded, json_response
 from modelbay.http.inference import InferenceRoutes, match
 from modelbay.http.openapi import docs_page, openapi_document
 from modelbay.http.repository import repository_routes
 from modelbay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from modelbay.runtime.dataplane import Dataplane
 
-Endpoint = Callable[[Request], Awaitable[Response]]
 log = logging.getLogger("modelbay.http")
 
 
@@ -61,15 +60,6 @@ def create_app(
     lifespan: what runs around serving; by default it starts and stops the dataplane's batchers
               (the Server passes one that also runs the gRPC door on the same event loop).
     """
-
-    def endpoint(handler: Endpoint) -> Endpoint:
-        async def guarded(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as exc:
-                return error_response(exc)
-
-        return guarded
 
     def model_ref(request: Request) -> tuple[str, str | None]:
         return request.path_params["model"], request.path_params.get("version")
@@ -121,13 +111,13 @@ def create_app(
     ]
     for ref in (model, versioned):
         routes += [
-            Route(f"/v2/models{ref}", endpoint(model_metadata)),
-            Route(f"/v2/models{ref}/ready", endpoint(model_ready)),
+            Route(f"/v2/models{ref}", guarded(model_metadata)),
+            Route(f"/v2/models{ref}/ready", guarded(model_ready)),
         ]
     routes += [
-        Route("/v2", endpoint(server_metadata)),
-        Route("/v2/health/live", endpoint(live)),
-        Route("/v2/health/ready", endpoint(ready)),
+        Route("/v2", guarded(server_metadata)),
+        Route("/v2/health/live", guarded(live)),
+        Route("/v2/health/ready", guarded(ready)),
     ]
     routes += repository_routes(dataplane, max_body_bytes)
     starlette = Starlette(

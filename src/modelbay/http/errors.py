@@ -7,7 +7,9 @@ Protocol (REST), on every route.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
+from starlette.requests import Request
 from starlette.responses import Response
 
 from modelbay.codecs.oip_json import encode_json
@@ -62,6 +64,21 @@ def error_body(exc: Exception) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     if isinstance(error, Overloaded):
         headers.append((b"retry-after", b"1"))
     return status_of(error), headers, encode_json({"error": error.message})
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def guarded(handler: Endpoint) -> Endpoint:
+    """`handler` with any exception it raises answered as an OIP error body (`error_response`)."""
+
+    async def guarded_handler(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as exc:
+            return error_response(exc)
+
+    return guarded_handler
 
 
 def error_response(exc: Exception) -> Response:

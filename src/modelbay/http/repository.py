@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from modelbay.errors import InvalidInput
 from modelbay.http.body import decode_json, header_dict, read_body
-from modelbay.http.errors import error_response, json_response
+from modelbay.http.errors import Endpoint, guarded, json_response
 from modelbay.runtime.dataplane import Dataplane
 from modelbay.runtime.management import check_manager, refuse_model_upload
 
@@ -53,22 +53,20 @@ def repository_routes(dataplane: Dataplane, max_body_bytes: int) -> list[Route]:
         return json_response({})
 
     return [
-        Route("/v2/repository/index", _guarded(index), methods=["POST"]),
-        Route("/v2/repository/models/{model}/load", _guarded(load), methods=["POST"]),
-        Route("/v2/repository/models/{model}/unload", _guarded(unload), methods=["POST"]),
+        Route("/v2/repository/index", _managed(index), methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", _managed(load), methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", _managed(unload), methods=["POST"]),
     ]
 
 
-def _guarded(handler: Any) -> Any:
-    async def guarded(request: Request) -> Response:
-        try:
-            check_manager(request.client.host if request.client else "")
-            response: Response = await handler(request)
-            return response
-        except Exception as exc:
-            return error_response(exc)
+def _managed(handler: Endpoint) -> Endpoint:
+    """`handler` for loopback callers only (Forbidden otherwise), its errors as OIP error bodies."""
 
-    return guarded
+    async def checked(request: Request) -> Response:
+        check_manager(request.client.host if request.client else "")
+        return await handler(request)
+
+    return guarded(checked)
 
 
 async def _body(request: Request, limit: int) -> dict[str, Any]:
