@@ -42,6 +42,21 @@ def test_bad_values_name_the_field(tmp_path: Path) -> None:
         Settings.load(None, {"models": [{"path": "x", "batching": {"default_output": [0.0]}}]})
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"graceful_timeout_s": -1}, "graceful_timeout_s must be >= 0"),
+        ({"read_timeout_s": 0}, "read_timeout_s > 0"),
+        ({"max_connections": 0}, "max_connections >= 1"),
+        ({"models": [{"path": "x", "timeout_s": 0}]}, "timeout_s must be > 0"),
+        ({"models": [{"path": "x", "preprocess_threads": 0}]}, "preprocess_threads must be >= 1"),
+    ],
+)
+def test_the_hardening_limits_refuse_values_that_would_disable_them(overrides: dict, message: str) -> None:
+    with pytest.raises(ModelLoadError, match=message):
+        Settings.load(None, overrides)
+
+
 # Every server setting: (MODELBAY_* variable, --config file, flag) values, all unlike the default.
 SERVER = {
     "host": ("10.0.0.1", "10.0.0.2", "10.0.0.3"),
