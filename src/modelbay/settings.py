@@ -143,6 +143,9 @@ class ModelConfig(_Config):
                  DEADLINE_EXCEEDED and a request still queued is dropped. None: no limit.
     preprocess_threads: threads of this model's own pool for its per-request hooks (preprocess,
                  postprocess, tensor decoding); a hook that hangs can block only this pool.
+    worker_process: run the model in a model worker process of its own (a crash or a hang kills
+                 only that process, which is restarted); always so for a model folder with a
+                 requirements.txt, which runs in its own Python environment.
     """
 
     path: str | None = None
@@ -164,6 +167,7 @@ class ModelConfig(_Config):
     cache: CacheConfig | None = None
     timeout_s: float | None = 60.0
     preprocess_threads: int = 2
+    worker_process: bool = False
 
     def __post_init__(self) -> None:
         if self.timeout_s is not None and self.timeout_s <= 0:
@@ -173,6 +177,7 @@ class ModelConfig(_Config):
 
 
 _GROUPS = ("image", "batching", "cache")  # ModelConfig fields that are structs of settings
+CONTROL_MODES = ("explicit", "poll", "none")  # Triton's model control modes
 
 
 class Settings(_Config):
@@ -193,6 +198,19 @@ class Settings(_Config):
     max_connections: most HTTP connections and requests in progress at once; past it a request
                     is answered 503 at once instead of waiting.
     log_level:      "debug", "info", "warning" or "error".
+    model_repository: a model repository folder (models/<name>/<version>/...) served live: models
+                    are found there again on each load, on each poll, and uploads are written there.
+    model_control_mode: Triton's terms. "explicit" (modelbay's default): the repository API loads
+                    and unloads models; every model is loaded at start unless `load_models` names
+                    some. "poll": as explicit, and the repository is rescanned every
+                    `repository_poll_s` seconds, loading new and changed versions and unloading
+                    removed ones. "none": the models of the start are served as they are; the
+                    repository API only lists them.
+    load_models:    explicit mode: the model names of `model_repository` loaded at start (Triton's
+                    --load-model); empty: all of them.
+    repository_poll_s: poll mode: seconds between two rescans of `model_repository`.
+    max_upload_bytes: largest body of a model repository load request (a model uploaded with its
+                    files), in bytes.
     models:         the models to serve; each entry is a ModelConfig.
     """
 
@@ -205,6 +223,11 @@ class Settings(_Config):
     read_timeout_s: float = 30.0
     max_connections: int = 1000
     log_level: str = "info"
+    model_repository: str | None = None
+    model_control_mode: str = "explicit"
+    load_models: list[str] = msgspec.field(default_factory=list)
+    repository_poll_s: float = 15.0
+    max_upload_bytes: int = 256 * 1024 * 1024
     models: list[ModelConfig] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -212,6 +235,12 @@ class Settings(_Config):
             raise msgspec.ValidationError(
                 "graceful_timeout_s must be >= 0, read_timeout_s > 0 and max_connections >= 1"
             )
+        if self.model_control_mode not in CONTROL_MODES:
+            raise msgspec.ValidationError(
+                f"model_control_mode must be one of {list(CONTROL_MODES)}, got {self.model_control_mode!r}"
+            )
+        if self.repository_poll_s <= 0 or self.max_upload_bytes < 1:
+            raise msgspec.ValidationError("repository_poll_s must be > 0 and max_upload_bytes >= 1")
 
     @classmethod
     def load(
@@ -223,6 +252,8 @@ class Settings(_Config):
     ) -> Settings:
         """Merge defaults < `MODELBAY_*` variables of `environ` < YAML `config_file` < `overrides`.
 
+        A list setting's variable holds its items separated by commas (MODELBAY_LOAD_MODELS=a,b).
+
         The `models:` list comes whole from the highest source that has one; each entry is then
         merged over its model folder's modelbay.yaml, and `model_overrides` (ModelConfig fields:
         the CLI's model flags) over every entry (`model_entry`).
@@ -232,7 +263,7 @@ class Settings(_Config):
         for name in cls.__struct_fields__:
             value = (environ or {}).get(f"MODELBAY_{name.upper()}")
             if value is not None and name != "models":
-                merged[name] = value
+                merged[name] = value.split(",") if name == "load_models" else value
         if config_file is not None:
             merged = deep_merge(merged, read_yaml(Path(config_file)))
         merged = deep_merge(merged, dict(overrides or {}))

@@ -68,6 +68,11 @@ SERVER = {
     "read_timeout_s": (4.0, 5.0, 6.0),
     "max_connections": (10, 20, 30),
     "log_level": ("debug", "warning", "error"),
+    "model_repository": ("/r1", "/r2", "/r3"),
+    "model_control_mode": ("poll", "none", "poll"),
+    "load_models": (["a", "b"], ["c"], ["d", "e"]),
+    "repository_poll_s": (1.0, 2.0, 3.0),
+    "max_upload_bytes": (100, 200, 300),
 }
 # Every model setting with a flag: (the folder's modelbay.yaml, its --config entry, flag) values.
 TENSORS = [
@@ -84,6 +89,7 @@ MODEL_FLAGGED = {
     "trust_pickle": (True, False, True),
     "timeout_s": (5.0, 6.0, 7.0),
     "preprocess_threads": (3, 4, 5),
+    "worker_process": (True, False, True),
     "inputs": tuple(TENSORS),
     "outputs": tuple(TENSORS),
     "batching.max_batch_size": (4, 5, 6),
@@ -145,13 +151,16 @@ def plain(value: Any) -> Any:
 
 
 def server_flag(name: str, value: Any) -> list[str]:
+    if name == "load_models":
+        return [arg for model in value for arg in ("--load-model", model)]
     return [f"--{name.replace('_', '-')}", str(value)]
 
 
 def model_flag(key: str, value: Any) -> list[str]:
     name = key.rpartition(".")[2]
-    if name == "trust_pickle":
-        return ["--trust-pickle" if value else "--no-trust-pickle"]
+    if name in ("trust_pickle", "worker_process"):
+        flag = name.replace("_", "-")
+        return [f"--{flag}" if value else f"--no-{flag}"]
     if name in ("inputs", "outputs"):
         return [
             arg
@@ -179,7 +188,10 @@ def cli_settings(
     config = tmp_path / "config.yaml"
     entry = {"path": str(folder), **nested(model_file or {})}
     config.write_text(yaml.safe_dump({**server_file, "models": [entry]}))
-    environ = {f"MODELBAY_{name.upper()}": str(value) for name, value in env.items()}
+    environ = {
+        f"MODELBAY_{name.upper()}": ",".join(value) if isinstance(value, list) else str(value)
+        for name, value in env.items()
+    }
     return serve_settings(parser().parse_args(["serve", "--config", str(config), *flags]), environ)
 
 
@@ -205,9 +217,11 @@ def test_server_flags_equal_to_the_default_still_win(tmp_path: Path) -> None:
     env = {name: values[0] for name, values in SERVER.items()}
     file = {name: values[1] for name, values in SERVER.items()}
     defaults = Settings()
-    flags = [arg for name in SERVER for arg in server_flag(name, getattr(defaults, name))]
+    # No flag says "none" (model_repository) or "no models" (load_models): those have no such flag.
+    sayable = [name for name in SERVER if getattr(defaults, name) not in (None, [])]
+    flags = [arg for name in sayable for arg in server_flag(name, getattr(defaults, name))]
     settings = cli_settings(tmp_path, env, file, flags)
-    for name in SERVER:
+    for name in sayable:
         assert getattr(settings, name) == getattr(defaults, name), name
 
 

@@ -36,6 +36,11 @@ SERVER_FLAGS = (
     "read_timeout_s",
     "max_connections",
     "log_level",
+    "model_repository",
+    "model_control_mode",
+    "load_models",
+    "repository_poll_s",
+    "max_upload_bytes",
 )
 MODEL_FLAGS = (
     "name",
@@ -45,6 +50,7 @@ MODEL_FLAGS = (
     "arch",
     "arch_kwargs",
     "trust_pickle",
+    "worker_process",
     "timeout_s",
     "preprocess_threads",
     "inputs",
@@ -112,6 +118,30 @@ def parser() -> argparse.ArgumentParser:
         "--max-connections", type=int, help="HTTP connections at once; past it, 503 at once (1000)"
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    live = serve.add_argument_group("live model repository (Triton's model control)")
+    live.add_argument(
+        "--model-repository",
+        metavar="FOLDER",
+        help="a model repository served live: rescanned on each load and poll, uploads written there "
+        "(may be empty); a PATH that is a repository is this too",
+    )
+    live.add_argument(
+        "--model-control-mode",
+        choices=["explicit", "poll", "none"],
+        help="explicit (default): load and unload through the API; poll: also rescan the repository "
+        "every --repository-poll-s; none: the models of the start, as they are",
+    )
+    live.add_argument(
+        "--load-model",
+        dest="load_models",
+        action="append",
+        metavar="NAME",
+        help="explicit mode: load only this repository model at start; repeat for each (default: all)",
+    )
+    live.add_argument("--repository-poll-s", type=float, help="poll mode: seconds between rescans (15)")
+    live.add_argument(
+        "--max-upload-bytes", type=int, help="largest model upload (a load with files), in bytes (256 MiB)"
+    )
     _model_arguments(serve.add_argument_group("model (applies to every PATH, or every model in --config)"))
     predict = commands.add_parser(
         "predict",
@@ -143,6 +173,11 @@ def _model_arguments(model: argparse._ArgumentGroup) -> None:
         "--trust-pickle",
         action=argparse.BooleanOptionalAction,
         help="allow unpickling a full torch.save(model) file (runs code from the file)",
+    )
+    model.add_argument(
+        "--worker-process",
+        action=argparse.BooleanOptionalAction,
+        help="run the model in a model worker process of its own (restarted if it crashes or hangs)",
     )
     model.add_argument("--max-batch-size", type=int, help="most rows merged into one forward pass")
     model.add_argument("--max-queue-delay-ms", type=float, help="longest wait for a batch to fill, in ms")

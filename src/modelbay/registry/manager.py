@@ -16,9 +16,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from modelbay.errors import ModelLoadError, ModelNotFound
+from modelbay.errors import InvalidInput, ModelLoadError, ModelNotFound
 from modelbay.registry.registry import ModelRegistry, ServedModel, version_key
 
 if TYPE_CHECKING:
@@ -87,8 +87,12 @@ class ModelManager:
         rows = sorted(self._status.values(), key=lambda row: (row.name, version_key(row.version)))
         return [row for row in rows if row.state is ModelState.READY or not ready_only]
 
-    async def load(self, name: str) -> None:
+    async def load(
+        self, name: str, config: dict[str, Any] | None = None, files: dict[str, bytes] | None = None
+    ) -> None:
         """Load every version of `name` from its source again (Dataplane.load_model says how)."""
+        if config is not None or files:
+            raise InvalidInput("loading a model with a config or files is not supported yet")
         sources = self._sources.get(name)
         if not sources:
             known = sorted(self._sources) or "none"
@@ -125,6 +129,12 @@ class ModelManager:
                 await self._retire(model)
                 self._set(name, model.version, ModelState.UNAVAILABLE, "unloaded")
             log.info("model %r unloaded", name)
+
+    def set_default(self, name: str, version: str | None) -> None:
+        """Pin the version answering unversioned calls (Dataplane.set_default_version)."""
+        self._registry.set_default(name, version)
+        now = self._registry.default_version(name)
+        log.info("model %r: unversioned calls now go to version %s", name, now)
 
     async def _retire(self, model: ServedModel) -> None:
         """Wait (at most drain_timeout_s) for the requests `model` was given, then stop it."""

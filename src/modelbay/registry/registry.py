@@ -78,14 +78,16 @@ def version_key(version: str) -> tuple[int, int | str]:
 
 
 class ModelRegistry:
-    """Models by name; each name holds one or more versions, the highest being the default.
+    """Models by name; each name holds one or more versions, the highest being the default
+    unless `set_default` pinned another.
 
     Versions compare numerically when they are digits ("10" > "9"), else as text.
     """
 
     def __init__(self) -> None:
         self._models: dict[str, dict[str, ServedModel]] = {}
-        self._default: dict[str, ServedModel] = {}  # highest version per name (_refresh_default)
+        self._default: dict[str, ServedModel] = {}  # what unversioned calls get (_refresh_default)
+        self._pinned: dict[str, str] = {}  # name -> version set by set_default
 
     def add(self, model: ServedModel) -> None:
         """Register `model`. Raises ValueError if that name and version are already served."""
@@ -112,11 +114,33 @@ class ModelRegistry:
         del versions[model.version]
         self._refresh_default(model.name)
 
+    def set_default(self, name: str, version: str | None) -> None:
+        """Make `version` of `name` answer unversioned calls (one dict assignment: atomic for
+        requests); None: the highest version again. A pinned version that is later removed gives
+        way to the highest until it is served again.
+
+        Raises ModelNotFound when `name`, or that version of it, is not served.
+        """
+        if version is None:
+            self.versions(name)  # raises for an unknown name
+            self._pinned.pop(name, None)
+        else:
+            self.get(name, version)
+            self._pinned[name] = version
+        self._refresh_default(name)
+
+    def default_version(self, name: str) -> str | None:
+        """The version answering unversioned calls to `name`, or None when none is served."""
+        default = self._default.get(name)
+        return default.version if default is not None else None
+
     def _refresh_default(self, name: str) -> None:
-        """The highest version of `name` answers unversioned calls; a name with none is dropped."""
+        """The pinned version of `name` (when served), else its highest, answers unversioned calls;
+        a name with no version left is dropped."""
         versions = self._models.get(name)
         if versions:
-            self._default[name] = versions[max(versions, key=version_key)]
+            pinned = versions.get(self._pinned.get(name, ""))
+            self._default[name] = pinned or versions[max(versions, key=version_key)]
         else:
             self._models.pop(name, None)
             self._default.pop(name, None)

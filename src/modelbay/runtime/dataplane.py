@@ -129,15 +129,25 @@ class Dataplane:
         """
         return self._manager().index(ready_only)
 
-    async def load_model(self, name: str) -> None:
-        """Load (or reload) every version of model `name` from where the server found it (its
-        path, or the model repository, read again); the versions serve once loaded and warmed,
-        replacing those of the same numbers after they finish what they were given.
+    async def load_model(
+        self, name: str, config: dict[str, Any] | None = None, files: dict[str, bytes] | None = None
+    ) -> None:
+        """Load (or reload) model `name`: its versions from the model repository (read again: new
+        and changed versions are loaded, removed ones unloaded) or from where the server found it
+        (its path, or code); they serve once loaded and warmed, replacing those of the same numbers
+        after they finish what they were given.
 
-        Raises ModelNotFound when no source has a model of that name, ModelLoadError (its index
-        row FAILED, with the reason) when it cannot be loaded; what served before keeps serving.
+        config: modelbay.yaml fields (ModelConfig) applied over the model's own settings (the OIP
+                repository extension's `config` parameter); kept for the model's later loads.
+        files:  a model sent with the request (`file:<path>` parameters), by path relative to the
+                model folder, e.g. {"3/model.onnx": b"..."}: written into the model repository as
+                new version folders (never a half-written one), then loaded.
+        Raises ModelNotFound when no source has a model of that name, InvalidInput for an upload
+        that cannot be written (a path escaping the model folder, an existing version), ModelLoadError
+        (its index row FAILED, with the reason) when it cannot be loaded; what served before keeps
+        serving.
         """
-        await self._manager().load(name)
+        await self._manager().load(name, config, files)
 
     async def unload_model(self, name: str) -> None:
         """Stop serving every version of `name` once its in-flight and queued requests are done.
@@ -145,6 +155,14 @@ class Dataplane:
         Raises ModelNotFound for a model that is not loaded.
         """
         await self._manager().unload(name)
+
+    def set_default_version(self, name: str, version: str | None) -> None:
+        """Make `version` of model `name` answer the calls that name no version (roll back, roll
+        forward), atomically; None: the highest loaded version again.
+
+        Raises ModelNotFound when `name` is not loaded or has no such version loaded.
+        """
+        self._manager().set_default(name, version)
 
     def _manager(self) -> ModelManager:
         if self.manager is None:
