@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import math
 import os
 import signal
@@ -36,14 +37,20 @@ from modelbay.loading import LoadedModel, load_model
 from modelbay.loading.runner import TorchRunner, example_inputs, signature_inputs
 from modelbay.metrics import shared_folder
 from modelbay.predictor import Predictor
-from modelbay.registry.manager import ModelManager
+from modelbay.registry.manager import ModelManager, ServerModels, build_served_model
 from modelbay.registry.registry import ModelRegistry, ServedModel
+from modelbay.registry.repository import Fingerprint, ModelRepository
 from modelbay.runtime.dataplane import Dataplane
 from modelbay.runtime.process import own_process
 from modelbay.settings import BatchingConfig, CacheConfig, ModelConfig, Settings
 from modelbay.tasks.tensor import TensorPredictor
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
+SEVERAL_WORKERS = (
+    "with --workers > 1 the repository API cannot change models (each worker process would change "
+    "only its own); use --model-control-mode poll, which keeps every worker in line with the repository"
+)
+log = logging.getLogger("modelbay.server")
 DEFAULT_MODEL = BUILTIN_DIR / "digits"
 
 
@@ -58,8 +65,8 @@ class Server:
         self.settings = settings or Settings()
         self.registry = ModelRegistry()
         self._pending: list[LoadedModel] = []
-        # Where each served version came from, by name and version: what the model manager loads again.
-        self.sources: dict[str, dict[str, LoadedModel]] = {}
+        # What was loaded at start and from where: what the model manager loads again.
+        self.models = ServerModels({}, {}, None)
         self._uvicorn: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._drain: Callable[[], object] | None = None  # begins the drain, from any thread
@@ -103,18 +110,46 @@ class Server:
         self._pending.append(LoadedModel(config, predictor))
 
     def load(self) -> None:
-        """Build and set up every model not loaded yet. Raises ModelLoadError naming the model."""
+        """Build and set up every model not loaded yet: those added in code, the `models:` of the
+        settings, and those of `model_repository` (in explicit mode, only `load_models` when it
+        names some). Raises ModelLoadError naming the model."""
         for entry in self.settings.models:
             self._pending.append(load_model(entry))
         self.settings = msgspec.structs.replace(self.settings, models=[])
         pending, self._pending = self._pending, []
         for loaded in pending:
             model = build_served_model(loaded)
-            try:
-                self.registry.add(model)
-            except ValueError as exc:
-                raise ModelLoadError(str(exc)) from exc
-            self.sources.setdefault(model.name, {})[model.version] = loaded
+            self._add(model)
+            self.models.sources.setdefault(model.name, {})[model.version] = loaded
+        if self.settings.model_repository is not None and self.models.repository is None:
+            self._load_repository(Path(self.settings.model_repository))
+
+    def _load_repository(self, root: Path) -> None:
+        if not root.is_dir():
+            raise ModelLoadError(f"the model repository {root} is not a folder")
+        settings = self.settings
+        repository = ModelRepository(root, settings.model_overrides)
+        names = repository.names()
+        if settings.model_control_mode == "explicit" and settings.load_models:
+            unknown = sorted(set(settings.load_models) - set(names))
+            if unknown:
+                raise ModelLoadError(
+                    f"--load-model names {unknown}, not in the model repository {root} (it holds {names})"
+                )
+            names = [name for name in names if name in settings.load_models]
+        stamps: dict[tuple[str, str], Fingerprint] = {}
+        for name in names:
+            for version, found in repository.versions(name).items():
+                log.info("loading model %r version %s from %s", name, version, found.config.path)
+                self._add(build_served_model(load_model(found.config)))
+                stamps[(name, version)] = found.fingerprint
+        self.models = ServerModels(self.models.sources, stamps, repository)
+
+    def _add(self, model: ServedModel) -> None:
+        try:
+            self.registry.add(model)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
 
     def app(self) -> ModelbayApp:
         """The ASGI app over the loaded models (call `load()` first).
@@ -127,13 +162,24 @@ class Server:
         dataplane = Dataplane(self.registry)
         settings = self.settings
         grace = settings.graceful_timeout_s
-        if settings.workers == 1:  # with several workers each would diverge from the others
-            dataplane.manager = ModelManager(self.registry, dataplane, self.sources, reload, grace)
+        dataplane.manager = manager = ModelManager(
+            self.registry,
+            dataplane,
+            self.models,
+            grace,
+            mode=settings.model_control_mode,
+            # Each worker would change only its own copy; poll mode keeps them all in line with the disk.
+            refused=SEVERAL_WORKERS if settings.workers > 1 else None,
+            max_upload_bytes=settings.max_upload_bytes,
+        )
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
             await dataplane.start()
             grpc_server = None
+            polling = None
+            if settings.model_control_mode == "poll" and manager.repository is not None:
+                polling = asyncio.create_task(manager.poll(settings.repository_poll_s))
             try:
                 if settings.grpc_port:
                     address = f"{settings.host}:{settings.grpc_port}"
@@ -149,6 +195,8 @@ class Server:
                 yield
             finally:
                 self._drain = None
+                if polling is not None:
+                    polling.cancel()
                 if not await served.drained() and grpc_server is not None:
                     await grpc_server.stop(grace)
                 await dataplane.stop()
@@ -230,42 +278,6 @@ class Server:
     def url(self) -> str:
         """http://host:port of the running server."""
         return f"http://{self.settings.host}:{self.port}"
-
-
-def reload(loaded: LoadedModel) -> ServedModel:
-    """A fresh copy of a served version from its source, set up: its files read again when it came
-    from disk (a ModelConfig is complete: `load_model` needs nothing else), its predictor set up
-    again when it was added in code. Blocking. Raises ModelLoadError."""
-    if loaded.config.path is not None:
-        loaded = load_model(loaded.config)
-    return build_served_model(loaded)
-
-
-def build_served_model(loaded: LoadedModel) -> ServedModel:
-    """Set up a built predictor (`Predictor.setup`: weights, warm-up run) and wrap it for serving.
-
-    Blocking: called before the server listens, or on a thread by the model manager.
-    Raises ModelLoadError naming the model when setup fails or the default output does not fit.
-    """
-    try:
-        loaded.predictor.setup(loaded.model_dir)
-        if loaded.config.batching.default_output is not None:
-            loaded.predictor.default_output(loaded.config.batching.default_output, 1)
-    except ModelLoadError as exc:
-        raise ModelLoadError(f"model {loaded.name!r}: {exc.message}") from exc
-    except Exception as exc:
-        raise ModelLoadError(f"model {loaded.name!r}: setup failed: {type(exc).__name__}: {exc}") from exc
-    config = loaded.config
-    return ServedModel(
-        loaded.name,
-        config.version,
-        loaded.predictor,
-        config.batching,
-        loaded.model_dir,
-        config.cache,
-        timeout_s=config.timeout_s,
-        preprocess_threads=config.preprocess_threads,
-    )
 
 
 WORKER_SETTINGS = "MODELBAY_WORKER_SETTINGS"

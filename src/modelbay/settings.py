@@ -211,6 +211,8 @@ class Settings(_Config):
     repository_poll_s: poll mode: seconds between two rescans of `model_repository`.
     max_upload_bytes: largest body of a model repository load request (a model uploaded with its
                     files), in bytes.
+    model_overrides: ModelConfig fields set over the settings of every model of `model_repository`,
+                    its modelbay.yaml included, now and on later loads (`modelbay serve`'s model flags).
     models:         the models to serve; each entry is a ModelConfig.
     """
 
@@ -228,6 +230,7 @@ class Settings(_Config):
     load_models: list[str] = msgspec.field(default_factory=list)
     repository_poll_s: float = 15.0
     max_upload_bytes: int = 256 * 1024 * 1024
+    model_overrides: dict[str, Any] = msgspec.field(default_factory=dict)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -256,7 +259,8 @@ class Settings(_Config):
 
         The `models:` list comes whole from the highest source that has one; each entry is then
         merged over its model folder's modelbay.yaml, and `model_overrides` (ModelConfig fields:
-        the CLI's model flags) over every entry (`model_entry`).
+        the CLI's model flags) over every entry (`model_entry`) and over the field of that name
+        (for the models of the repository).
         Raises ModelLoadError naming the bad field when a value has the wrong type or is unknown.
         """
         merged: dict[str, Any] = {}
@@ -272,7 +276,8 @@ class Settings(_Config):
         if not isinstance(entries, list):
             raise ModelLoadError(f"{config_file or 'settings'}: models must be a list of model entries")
         models = [model_config(model_entry(entry, model_overrides)) for entry in entries]
-        return msgspec.structs.replace(settings, models=models)
+        overrides_all = merge_model_settings(settings.model_overrides, model_overrides or {})
+        return msgspec.structs.replace(settings, models=models, model_overrides=overrides_all)
 
 
 def model_entry(entry: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

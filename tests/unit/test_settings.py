@@ -15,6 +15,7 @@ import yaml
 
 from modelbay.cli.main import parser, serve_settings
 from modelbay.errors import ModelLoadError
+from modelbay.registry.repository import ModelRepository
 from modelbay.server import Server
 from modelbay.settings import BatchingConfig, CacheConfig, ImageConfig, ModelConfig, Settings
 
@@ -197,7 +198,8 @@ def cli_settings(
 
 def test_the_tables_cover_every_setting() -> None:
     """A new setting must be added here, so its precedence is tested."""
-    assert set(SERVER) == set(Settings.__struct_fields__) - {"models"}
+    # model_overrides is what the model flags (MODEL_FLAGGED) set for the repository's models.
+    assert set(SERVER) == set(Settings.__struct_fields__) - {"models", "model_overrides"}
     assert set(MODEL_FLAGGED) | set(MODEL_UNFLAGGED) | {"path"} == leaf_fields()
 
 
@@ -314,7 +316,10 @@ def test_in_a_repository_a_version_manifest_beats_the_shared_one(
     (repository / "mlp" / "modelbay.yaml").write_text("batching: {max_batch_size: 4, max_queue_size: 8}\n")
     (repository / "mlp" / "2" / "modelbay.yaml").write_text("batching: {max_batch_size: 2}\n")
     settings = serve_settings(parser().parse_args(["serve", str(repository), "--max-queue-size", "256"]), {})
-    found = {m.version: (m.batching.max_batch_size, m.batching.max_queue_size) for m in settings.models}
+    assert settings.model_repository == str(repository) and settings.models == []  # served live
+    versions = ModelRepository(repository, settings.model_overrides).versions("mlp")
+    batching = {version: found.config.batching for version, found in versions.items()}
+    found = {version: (b.max_batch_size, b.max_queue_size) for version, b in batching.items()}
     assert found == {"1": (4, 256), "2": (2, 256)}
 
 

@@ -248,18 +248,24 @@ def serve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Sett
     """The settings `modelbay serve` runs with: its flags over --config over `environ`'s MODELBAY_*
     variables; the model flags over every model's entry over its folder's modelbay.yaml.
 
-    Models: the PATHs (a repository gives one per model version), else --config's models:, else
-    the bundled digits classifier. Raises ModelLoadError for a bad value or --name with more than
-    one model.
+    Models: the PATHs, else --config's models:, else the bundled digits classifier; a PATH that is
+    a model repository is served live (`model_repository`) unless one is set otherwise (then its
+    models are served as found at start, like a list of PATHs). Raises ModelLoadError for a bad
+    value or --name with more than one model.
     """
     given = {key: getattr(args, key) for key in SERVER_FLAGS}
     overrides: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
     model_flags = _model_flags(args)
-    entries = [entry for raw in args.paths for entry in _path_entries(Path(raw))]
+    paths = [Path(raw) for raw in args.paths]
+    repositories = [path for path in paths if is_repository(path)]
+    if len(repositories) == 1 and args.model_repository is None:  # served live
+        overrides["model_repository"] = str(repositories[0])
+        paths.remove(repositories[0])
+    entries = [entry for path in paths for entry in _path_entries(path)]
     if entries:
         overrides["models"] = entries
     settings = Settings.load(args.config, overrides, environ, model_flags)
-    if not settings.models:
+    if not settings.models and settings.model_repository is None:
         overrides["models"] = [{"path": str(DEFAULT_MODEL)}]
         settings = Settings.load(args.config, overrides, environ, model_flags)
     if args.name and len(settings.models) > 1:
@@ -336,6 +342,9 @@ def serve(args: argparse.Namespace) -> int:
         print(f"modelbay: cannot serve: {problem}", file=sys.stderr)
         return 2
     names = ", ".join(f"{model.name} (version {model.version})" for model in server.registry)
+    if settings.model_repository is not None:
+        where_from = f"the model repository {settings.model_repository}"
+        names = f"{names or 'no model yet'} from {where_from} ({settings.model_control_mode} mode)"
     where = f"http://{settings.host}:{settings.port}" if settings.port else "a free port (uvicorn logs it)"
     if settings.grpc_port:
         where += f" and grpc://{settings.host}:{settings.grpc_port}"

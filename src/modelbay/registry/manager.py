@@ -3,9 +3,11 @@
 States follow Triton's model repository index: UNAVAILABLE -> LOADING -> READY -> UNLOADING
 (and FAILED, with the reason). The dataplane and the transports only look models up in the
 registry; this manager puts versions there once they are loaded and warmed, and takes them out
-(after their in-flight and queued requests are done) when they are unloaded. Anchors: MLServer's
-`registry.py` (a new version is loaded before the old is dropped) and Triton's model control
-modes and repository extension.
+(after their in-flight and queued requests are done) when they are unloaded. Models come from the
+model repository (read again on each load, and on each poll in poll mode) or from where the server
+found them at start (a path, or code). Anchors: MLServer's `registry.py` (a new version is loaded
+before the old is dropped) and Triton's model control modes (none, poll, explicit) and repository
+extension.
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from modelbay.errors import InvalidInput, ModelLoadError, ModelNotFound
+from modelbay.errors import InvalidInput, ModelbayError, ModelLoadError, ModelNotFound, Unavailable
+from modelbay.loading import LoadedModel, load_model
 from modelbay.registry.registry import ModelRegistry, ServedModel, version_key
+from modelbay.registry.repository import Fingerprint, ModelRepository
 
 if TYPE_CHECKING:
-    from modelbay.loading import LoadedModel
     from modelbay.runtime.dataplane import Dataplane
 
 log = logging.getLogger("modelbay.manager")
@@ -49,18 +52,36 @@ class VersionStatus:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ServerModels:
+    """What the server loaded at start, handed to the manager (Server.load fills it).
+
+    sources:    models found at start outside the repository (a path, or code), by name and
+                version: what `load` builds again for them.
+    stamps:     repository versions loaded at start, by (name, version): their fingerprints
+                (ModelRepository.versions), so a later load reloads only what changed.
+    repository: the model repository served live, or None.
+    """
+
+    sources: dict[str, dict[str, LoadedModel]]
+    stamps: dict[tuple[str, str], Fingerprint]
+    repository: ModelRepository | None = None
+
+
 class ModelManager:
     """Loads, reloads and unloads model versions while the server runs (one event loop).
 
     registry:  what the dataplane serves from; only READY versions are in it.
     dataplane: binds a new version's metrics (`attach`) and counts a version's requests in
                flight (`in_flight_for`), so an old version is stopped only once they are done.
-    sources:   where each served version came from, by name and version (Server.sources): what
-               `load` builds again.
-    build:     builds and sets up one version from its source, blocking (run on a thread, so
-               the server keeps answering); raises ModelLoadError.
+    models:    what the server loaded at start and where from (ServerModels).
     drain_timeout_s: longest a replaced or unloaded version may take to finish what it was given;
                what is left then fails with ModelNotReady (503).
+    mode:      Triton's model control mode: "explicit", "poll" (`poll` rescans the repository) or
+               "none" (load, unload and set-default are refused).
+    refused:   why this server's API may not change models (e.g. several worker processes would
+               diverge), or None. Polling still runs where it is refused.
+    max_upload_bytes: largest sum of a load's uploaded files.
     Operations on one model name run one at a time.
     """
 
@@ -68,73 +89,206 @@ class ModelManager:
         self,
         registry: ModelRegistry,
         dataplane: Dataplane,
-        sources: dict[str, dict[str, LoadedModel]],
-        build: Callable[[LoadedModel], ServedModel],
+        models: ServerModels,
         drain_timeout_s: float,
+        mode: str = "explicit",
+        refused: str | None = None,
+        max_upload_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self._registry = registry
         self._dataplane = dataplane
-        self._sources = sources
-        self._build = build
+        self._sources = models.sources
+        self._stamps = dict(models.stamps)
+        self.repository = models.repository
         self.drain_timeout_s = drain_timeout_s
+        self.mode = mode
+        self.refused = refused
+        self.max_upload_bytes = max_upload_bytes
         self._status = {
             (m.name, m.version): VersionStatus(m.name, m.version, ModelState.READY) for m in registry
         }
+        self._configs: dict[str, dict[str, Any]] = {}  # a load's `config` override, kept per name
         self._locks: dict[str, asyncio.Lock] = {}
+        self._seen: dict[str, Any] = {}  # poll: each name's files at the last poll
+        self._acted: dict[str, Any] = {}  # poll: each name's files when it was last loaded
+        if self.repository is not None:
+            for name in self.repository.names():
+                self._acted[name] = self._seen[name] = self.repository.fingerprints(name)
 
     def index(self, ready_only: bool = False) -> list[VersionStatus]:
-        """Every known model version with its state, sorted by name then version."""
-        rows = sorted(self._status.values(), key=lambda row: (row.name, version_key(row.version)))
-        return [row for row in rows if row.state is ModelState.READY or not ready_only]
+        """Every known model version with its state, sorted by name then version: the versions
+        loaded or tried, and those on disk in the repository not loaded (UNAVAILABLE)."""
+        rows = dict(self._status)
+        if self.repository is not None:
+            for name in self.repository.names():
+                for version in self.repository.fingerprints(name) or {}:
+                    if version and (name, version) not in rows:
+                        row = VersionStatus(name, version, ModelState.UNAVAILABLE, "not loaded")
+                        rows[(name, version)] = row
+        ordered = sorted(rows.values(), key=lambda row: (row.name, version_key(row.version)))
+        return [row for row in ordered if row.state is ModelState.READY or not ready_only]
 
     async def load(
-        self, name: str, config: dict[str, Any] | None = None, files: dict[str, bytes] | None = None
+        self, name: str, config: Mapping[str, Any] | None = None, files: Mapping[str, bytes] | None = None
     ) -> None:
-        """Load every version of `name` from its source again (Dataplane.load_model says how)."""
-        if config is not None or files:
-            raise InvalidInput("loading a model with a config or files is not supported yet")
-        sources = self._sources.get(name)
-        if not sources:
-            known = sorted(self._sources) or "none"
-            raise ModelNotFound(f"no model named {name!r} among the server's model sources; known: {known}")
+        """Load model `name` (Dataplane.load_model says how). Raises ModelNotFound, InvalidInput,
+        Unavailable (the API is refused here) or ModelLoadError (some version failed to load)."""
+        self._check_allowed("load")
+        if config is not None and not isinstance(config, Mapping):
+            kind = type(config).__name__
+            raise InvalidInput(f'"config" must be a JSON object of model settings, got {kind}')
         async with self._lock(name):
-            for version in sources:
-                self._set(name, version, ModelState.LOADING)
-            try:
-                built = await asyncio.to_thread(lambda: [self._build(source) for source in sources.values()])
-            except Exception as exc:
-                reason = exc.message if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
-                self._failed(name, sources, reason)
-                log.error("model %r failed to load: %s", name, reason)
-                raise ModelLoadError(f"model {name!r} failed to load: {reason}") from exc
-            for model in built:
-                model.start()
-                self._dataplane.attach(model)
-                old = self._registry.replace(model)
-                self._set(name, model.version, ModelState.READY)
-                if old is not None:
-                    await self._retire(old)
-            log.info("model %r loaded: versions %s", name, [model.version for model in built])
+            if files:
+                await self._write(name, config, files)
+                config = None  # written into the new versions' modelbay.yaml
+            elif config is not None:
+                self._configs[name] = dict(config)
+            await self._sync(name)
 
     async def unload(self, name: str) -> None:
         """Stop serving every version of `name` once its requests are done (Dataplane.unload_model)."""
+        self._check_allowed("unload")
+        if self.mode == "poll" and self.repository is not None and self.repository.has(name):
+            raise InvalidInput(
+                f"model {name!r} is in the polled model repository: remove its folder to unload it"
+            )
         async with self._lock(name):
             served = [model for model in self._registry if model.name == name]
             if not served:
                 raise ModelNotFound(f"model {name!r} is not loaded")
-            for model in served:
-                self._set(name, model.version, ModelState.UNLOADING)
-                self._registry.remove(model)
-            for model in served:
-                await self._retire(model)
-                self._set(name, model.version, ModelState.UNAVAILABLE, "unloaded")
+            await self._unload(served)
             log.info("model %r unloaded", name)
 
     def set_default(self, name: str, version: str | None) -> None:
         """Pin the version answering unversioned calls (Dataplane.set_default_version)."""
+        self._check_allowed("set the default version of")
         self._registry.set_default(name, version)
         now = self._registry.default_version(name)
         log.info("model %r: unversioned calls now go to version %s", name, now)
+
+    async def poll(self, interval_s: float) -> None:
+        """Poll mode, run as a task until cancelled: every `interval_s` seconds, load each model of
+        the repository whose files changed (new, changed or removed versions) and unload each whose
+        folder is gone. A change is acted on once it has stayed the same for one interval, so a
+        version still being copied is not loaded half-written."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.poll_once()
+            except Exception:  # one bad poll (a folder vanishing mid-scan) must not end polling
+                log.exception("poll of the model repository failed; polling goes on")
+
+    async def poll_once(self) -> None:
+        """One poll of the repository (`poll`)."""
+        if self.repository is None:
+            return
+        repository = self.repository
+        names = await asyncio.to_thread(repository.names)
+        for name in sorted(set(names) | set(self._acted)):
+            files = await asyncio.to_thread(repository.fingerprints, name)
+            stable = files == self._seen.get(name)
+            self._seen[name] = files
+            if not stable or files == self._acted.get(name):
+                continue
+            self._acted[name] = files
+            try:
+                async with self._lock(name):
+                    if files is None:
+                        served = [model for model in self._registry if model.name == name]
+                        await self._unload(served)
+                        log.info("model %r unloaded: its folder left the repository", name)
+                    else:
+                        await self._sync(name)
+            except ModelbayError as exc:
+                log.error("poll: model %r: %s", name, exc.message)
+
+    async def _sync(self, name: str) -> None:
+        """Bring `name`'s served versions in line with its source (the lock is held)."""
+        if self.repository is not None and self.repository.has(name):
+            await self._sync_repository(name, self.repository)
+        elif name in self._sources:
+            built = await self._build_all(name, {v: s for v, s in self._sources[name].items()})
+            self._raise_failures(name, built)
+        else:
+            known = sorted({*self._sources, *(self.repository.names() if self.repository else [])})
+            raise ModelNotFound(
+                f"no model named {name!r} among the server's model sources (its model repository, "
+                f"paths and code); known: {known or 'none'}"
+            )
+
+    async def _sync_repository(self, name: str, repository: ModelRepository) -> None:
+        """Load the versions of `name` that are new or changed on disk, then unload those gone."""
+        try:
+            on_disk = await asyncio.to_thread(repository.versions, name, self._configs.get(name))
+        except ModelLoadError as exc:
+            for version in [v for (n, v) in self._status if n == name]:
+                self._fail_or_keep(name, version, exc.message)
+            raise ModelLoadError(f"model {name!r} cannot be read from the repository: {exc.message}") from exc
+        served = {model.version: model for model in self._registry if model.name == name}
+        wanted = {
+            version: found
+            for version, found in on_disk.items()
+            if version not in served or self._stamps.get((name, version)) != found.fingerprint
+        }
+        built = await self._build_all(name, {version: found.config for version, found in wanted.items()})
+        for version, outcome in built.items():
+            if not isinstance(outcome, str):
+                self._stamps[(name, version)] = wanted[version].fingerprint
+        gone = [model for version, model in served.items() if version not in on_disk]
+        await self._unload(gone)
+        for model in gone:
+            self._stamps.pop((name, model.version), None)
+        self._raise_failures(name, built)
+
+    async def _build_all(self, name: str, sources: dict[str, Any]) -> dict[str, ServedModel | str]:
+        """Build, set up and serve each version of `sources` (a ModelConfig or a LoadedModel) in
+        turn, replacing the one of its number after it drained; returns each version's model, or
+        the reason it failed (its row FAILED, or READY saying the previous load still serves)."""
+        outcomes: dict[str, ServedModel | str] = {}
+        for version, source in sorted(sources.items(), key=lambda item: version_key(item[0])):
+            self._set(name, version, ModelState.LOADING)
+            log.info("loading model %r version %s", name, version)
+            started = time.monotonic()
+            try:
+                model = await asyncio.to_thread(build_version, source)
+            except Exception as exc:
+                reason = exc.message if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+                log.error("model %r version %s failed to load: %s", name, version, reason)
+                self._fail_or_keep(name, version, reason)
+                outcomes[version] = reason
+                continue
+            model.start()
+            self._dataplane.attach(model)
+            old = self._registry.replace(model)
+            self._set(name, version, ModelState.READY)
+            log.info("model %r version %s ready in %.1f s", name, version, time.monotonic() - started)
+            outcomes[version] = model
+            if old is not None:
+                await self._retire(old)
+        return outcomes
+
+    async def _write(self, name: str, config: Mapping[str, Any] | None, files: Mapping[str, bytes]) -> None:
+        if self.repository is None:
+            raise InvalidInput(
+                "this server has no model repository to write an uploaded model into; start it with "
+                "`modelbay serve --model-repository FOLDER`"
+            )
+        size = sum(len(data) for data in files.values())
+        if size > self.max_upload_bytes:
+            raise InvalidInput(f"the upload holds {size} bytes; at most {self.max_upload_bytes} are accepted")
+        from modelbay.registry.upload import write_versions
+
+        folder = self.repository.model_folder(name)
+        written = await asyncio.to_thread(write_versions, folder, files, config)
+        log.info("model %r: wrote uploaded versions %s into %s", name, written, folder)
+
+    async def _unload(self, served: list[ServedModel]) -> None:
+        for model in served:
+            self._set(model.name, model.version, ModelState.UNLOADING)
+            self._registry.remove(model)
+        for model in served:
+            await self._retire(model)
+            self._set(model.name, model.version, ModelState.UNAVAILABLE, "unloaded")
 
     async def _retire(self, model: ServedModel) -> None:
         """Wait (at most drain_timeout_s) for the requests `model` was given, then stop it."""
@@ -143,20 +297,72 @@ class ModelManager:
             await asyncio.sleep(DRAIN_POLL_S)
         await model.stop()
 
-    def _failed(self, name: str, sources: dict[str, LoadedModel], reason: str) -> None:
-        """A load failed: versions still serving stay READY (saying the reload failed), the rest FAILED."""
-        for version in sources:
-            try:
-                self._registry.get(name, version)
-            except ModelNotFound:
-                self._set(name, version, ModelState.FAILED, reason)
-            else:
-                self._set(
-                    name, version, ModelState.READY, f"reload failed, the previous load serves: {reason}"
-                )
+    def _fail_or_keep(self, name: str, version: str, reason: str) -> None:
+        """A version failed to load: READY saying so when a previous load still serves, else FAILED."""
+        try:
+            self._registry.get(name, version)
+        except ModelNotFound:
+            self._set(name, version, ModelState.FAILED, reason)
+        else:
+            self._set(name, version, ModelState.READY, f"reload failed, the previous load serves: {reason}")
+
+    def _raise_failures(self, name: str, outcomes: dict[str, ServedModel | str]) -> None:
+        failed = {version: reason for version, reason in outcomes.items() if isinstance(reason, str)}
+        if failed:
+            said = "; ".join(f"version {version}: {reason}" for version, reason in failed.items())
+            raise ModelLoadError(f"model {name!r} failed to load: {said}")
+        if outcomes:
+            log.info("model %r loaded: versions %s", name, sorted(outcomes, key=version_key))
+
+    def _check_allowed(self, action: str) -> None:
+        if self.refused is not None:
+            raise Unavailable(self.refused)
+        if self.mode == "none":
+            raise InvalidInput(
+                f"cannot {action} a model: the server's model control mode is none (start it with "
+                "--model-control-mode explicit or poll to manage models while it serves)"
+            )
 
     def _set(self, name: str, version: str, state: ModelState, reason: str = "") -> None:
         self._status[(name, version)] = VersionStatus(name, version, state, reason)
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
+
+
+def build_version(source: Any) -> ServedModel:
+    """A served model version, set up, from a ModelConfig (read from disk now) or a LoadedModel
+    found at start (its files read again when it came from disk, its predictor set up again when
+    it was added in code). Blocking. Raises ModelLoadError."""
+    if isinstance(source, LoadedModel):
+        loaded = load_model(source.config) if source.config.path is not None else source
+    else:
+        loaded = load_model(source)
+    return build_served_model(loaded)
+
+
+def build_served_model(loaded: LoadedModel) -> ServedModel:
+    """Set up a built predictor (`Predictor.setup`: weights, warm-up run) and wrap it for serving.
+
+    Blocking: called before the server listens, or on a thread by the model manager.
+    Raises ModelLoadError naming the model when setup fails or the default output does not fit.
+    """
+    try:
+        loaded.predictor.setup(loaded.model_dir)
+        if loaded.config.batching.default_output is not None:
+            loaded.predictor.default_output(loaded.config.batching.default_output, 1)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"model {loaded.name!r}: {exc.message}") from exc
+    except Exception as exc:
+        raise ModelLoadError(f"model {loaded.name!r}: setup failed: {type(exc).__name__}: {exc}") from exc
+    config = loaded.config
+    return ServedModel(
+        loaded.name,
+        config.version,
+        loaded.predictor,
+        config.batching,
+        loaded.model_dir,
+        config.cache,
+        timeout_s=config.timeout_s,
+        preprocess_threads=config.preprocess_threads,
+    )

@@ -6,16 +6,97 @@ repository/
     modelbay.yaml      optional: settings shared by every version (task, batching, ...)
     1/model.pt2        a version: a single model file...
     2/                 ...or a model folder of its own
+
+`ModelRepository` is such a folder served live: read again on each load and poll (the model
+manager, registry/manager.py), so a version copied or uploaded into it is found without a restart.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelbay.errors import ModelLoadError
+import msgspec
+
+from modelbay.errors import ModelLoadError, ModelNotFound
 from modelbay.loading.detect import HANDLER_NAME
-from modelbay.settings import MANIFEST_NAME, merge_model_settings, read_manifest
+from modelbay.settings import (
+    MANIFEST_NAME,
+    ModelConfig,
+    merge_model_settings,
+    model_config,
+    model_entry,
+    read_manifest,
+)
+
+# A version's files as (path relative to the model folder, size, mtime in ns), sorted, with the
+# settings it is loaded with: what changes when the version must be loaded again.
+Fingerprint = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryVersion:
+    """One model version found on disk: its complete settings and its fingerprint."""
+
+    config: ModelConfig
+    fingerprint: Fingerprint
+
+
+class ModelRepository:
+    """A model repository folder, read from disk on every call (never cached).
+
+    root:      the repository folder (may be empty: models can be uploaded into it).
+    overrides: ModelConfig fields set over every model's own settings (the model flags of
+               `modelbay serve`), as `Settings.load` sets them over a `models:` entry.
+    """
+
+    def __init__(self, root: Path, overrides: Mapping[str, Any] | None = None) -> None:
+        self.root = root
+        self.overrides = dict(overrides or {})
+
+    def names(self) -> list[str]:
+        """The model names on disk now (folders holding at least one model version), sorted."""
+        return [child.name for child in _children(self.root) if _versions(child, strict=False)]
+
+    def model_folder(self, name: str) -> Path:
+        """Where model `name` lives (or will, once uploaded): <root>/<name>."""
+        return self.root / name
+
+    def has(self, name: str) -> bool:
+        """True when `name` is a model on disk now."""
+        folder = self.model_folder(name)
+        return folder.is_dir() and not folder.name.startswith(".") and bool(_versions(folder, strict=False))
+
+    def versions(self, name: str, config: Mapping[str, Any] | None = None) -> dict[str, RepositoryVersion]:
+        """Every version of `name` on disk with its complete settings: its folder's modelbay.yaml
+        files < `config` (the load's override) < `overrides`.
+
+        Raises ModelNotFound when `name` has no model on disk, ModelLoadError when a version folder
+        or a modelbay.yaml is malformed (naming it).
+        """
+        if not self.has(name):
+            raise ModelNotFound(f"no model named {name!r} in the model repository {self.root}")
+        found: dict[str, RepositoryVersion] = {}
+        for entry in _model_entries(self.model_folder(name), strict=True):
+            fields = model_entry(merge_model_settings(entry, config or {}), self.overrides)
+            settings = model_config({**fields, "name": fields.get("name") or name})
+            stamp = (_files(Path(str(settings.path)), self.model_folder(name)), msgspec.json.encode(settings))
+            found[settings.version] = RepositoryVersion(settings, stamp)
+        return found
+
+    def fingerprints(self, name: str) -> dict[str, Fingerprint] | None:
+        """The versions of `name` on disk by fingerprint, without reading their settings (cheap:
+        what the poll compares), or None when `name` has no model on disk."""
+        folder = self.model_folder(name)
+        if not self.has(name):
+            return None
+        shared = _files(folder / MANIFEST_NAME, folder)
+        return {
+            version or "": (shared, _files(target, folder))
+            for version, target in _versions(folder, strict=False)
+        }
 
 
 def is_model_folder(path: Path) -> bool:
@@ -39,18 +120,44 @@ def scan_repository(path: Path, strict: bool = True) -> list[dict[str, Any]]:
     modelbay.yaml (the more specific file wins); the repository's layout sets name and version.
     Raises ModelLoadError (strict) when a version folder holds no model file or more than one.
     """
-    entries: list[dict[str, Any]] = []
-    for child in _children(path):
-        versions = _versions(child, strict)
-        if versions == [(None, child)]:
-            entries.append({"path": str(child)})
-            continue
-        shared = read_manifest(child) if versions else {}
-        for version, target in versions:
-            own = read_manifest(target) if target.is_dir() else {}
-            layout = {"name": child.name, "version": version, "path": str(target)}
-            entries.append(merge_model_settings(merge_model_settings(shared, own), layout))
+    return [entry for child in _children(path) for entry in _model_entries(child, strict)]
+
+
+def _model_entries(child: Path, strict: bool) -> list[dict[str, Any]]:
+    """The `models:` entries of one model folder of a repository (scan_repository)."""
+    versions = _versions(child, strict)
+    if versions == [(None, child)]:
+        return [{"path": str(child)}]
+    shared = read_manifest(child) if versions else {}
+    entries = []
+    for version, target in versions:
+        own = read_manifest(target) if target.is_dir() else {}
+        layout = {"name": child.name, "version": version, "path": str(target)}
+        entries.append(merge_model_settings(merge_model_settings(shared, own), layout))
     return entries
+
+
+def _files(target: Path, base: Path) -> Fingerprint:
+    """(path relative to `base`, size, mtime ns) of `target` (a file) or of every file under it
+    (a folder; dot files skipped), sorted; () when it does not exist."""
+    if target.is_file():
+        paths = [target]
+    elif target.is_dir():
+        paths = sorted(
+            p
+            for p in target.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(target).parts)
+        )
+    else:
+        return ()
+    stamps = []
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError:  # removed while we looked: the next look sees the change
+            continue
+        stamps.append((str(path.relative_to(base)), stat.st_size, stat.st_mtime_ns))
+    return tuple(stamps)
 
 
 def _children(path: Path) -> list[Path]:
