@@ -278,6 +278,9 @@ def _resolve(work: Path, server: ServerEnvironment, source: Path) -> list[tuple[
     """
     args = ["pip", "install", "--dry-run", "--output-format", "json", "--python", server.python]
     args += ["-r", str(work / "requirements.txt"), "-c", str(work / "constraints.txt")]
+    # A dry run writes nothing; the flag only lifts uv's refusal of a distribution's own Python
+    # (PEP 668, EXTERNALLY-MANAGED), for a server installed into one.
+    args += ["--break-system-packages"]
     failure = (
         f"{source}: the requirements cannot be resolved together with the server's own packages, "
         "which stay at their installed versions"
