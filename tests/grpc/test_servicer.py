@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 import struct
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -399,31 +401,76 @@ def test_a_repository_name_is_not_found(stub: pb_grpc.GRPCInferenceServiceStub) 
         assert err.value.details() == "modelbay has one repository; leave repository_name empty"
 
 
+P = pb.ModelRepositoryParameter
+
+
 @pytest.mark.parametrize(
-    ("parameters", "named"),
+    ("parameters", "message"),
     [
-        ({"config": pb.ModelRepositoryParameter(string_param="{}")}, "config"),
         (
-            {
-                "file:1/model.pt2": pb.ModelRepositoryParameter(bytes_param=b"x"),
-                "config": pb.ModelRepositoryParameter(string_param="{}"),
-            },
-            "config, file:1/model.pt2",
+            {"file:1/model.pt2": P(bytes_param=b"x"), "config": P(string_param="{}")},
+            "this server has no model repository to write an uploaded model into",
         ),
+        ({"config": P(bool_param=True)}, "parameter config must be a JSON object as a string, got bool"),
+        ({"config": P()}, "parameter config must be a JSON object as a string, got NoneType"),
+        ({"config": P(string_param="[]")}, "must be a JSON object of modelbay.yaml fields, got list"),
+        ({"file:1/model.pt2": P(int64_param=3)}, "must be the file's content in base64, got int"),
+        ({"file:1/model.pt2": P(string_param="x y")}, "is not valid base64"),
+        ({"file:1/../model.pt2": P(bytes_param=b"x")}, "is not allowed"),
+        ({"file:model.pt2": P(bytes_param=b"x")}, "must be <version>/<file>"),
+        ({"poll": P(bool_param=True)}, "unknown load parameter 'poll'"),
     ],
 )
-def test_load_with_a_config_override_or_files_is_refused_for_now(
-    stub: pb_grpc.GRPCInferenceServiceStub, parameters: dict, named: str
+def test_load_parameters_are_read_as_on_rest(
+    stub: pb_grpc.GRPCInferenceServiceStub, parameters: dict, message: str
 ) -> None:
     request = pb.RepositoryModelLoadRequest(model_name="affine", parameters=parameters)
     with pytest.raises(grpc.RpcError) as err:
         stub.RepositoryModelLoad(request)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.value.details() == (
-        f"loading a model sent with the request ({named}) is not supported yet; "
-        "load a model the server already knows by name"
-    )
+    assert message in err.value.details()
     assert stub.ModelReady(pb.ModelReadyRequest(name="affine")).ready
+
+
+def test_a_load_message_over_max_body_bytes_is_refused(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    request = pb.RepositoryModelLoadRequest(
+        model_name="affine", parameters={"file:2/model.pt2": P(bytes_param=b"x" * (LIMIT + 1))}
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        stub.RepositoryModelLoad(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == (
+        f"load message of {request.ByteSize()} bytes is over the gRPC limit of {LIMIT} bytes "
+        "(--max-body-bytes); send larger models over REST (--max-upload-bytes)"
+    )
+
+
+def test_a_model_uploaded_over_grpc_serves(tmp_path: Path, tiny_files: dict[str, Path]) -> None:
+    """config as string_param and file:<path> as bytes_param, as tritonclient.grpc sends them."""
+    (tmp_path / "repository").mkdir()
+    settings = Settings(port=0, grpc_port=free_port(), model_repository=str(tmp_path / "repository"))
+    server = Server(settings)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{settings.grpc_port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            parameters = {
+                "config": P(string_param=json.dumps({"batching": {"max_batch_size": 4}})),
+                "file:3/model.onnx": P(bytes_param=tiny_files["onnx"].read_bytes()),
+            }
+            stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="tiny", parameters=parameters))
+            index = stub.RepositoryIndex(pb.RepositoryIndexRequest())
+            assert [(m.name, m.version, m.state) for m in index.models] == [("tiny", "3", "READY")]
+            x = {"name": "x", "datatype": "FP32", "shape": [1, 4], "contents": {"fp32_contents": [1] * 4}}
+            reply = infer(stub, "tiny", x)
+            assert (reply.model_version, list(reply.outputs[0].shape)) == ("3", [1, 3])
+            again = pb.RepositoryModelLoadRequest(model_name="tiny", parameters=parameters)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.RepositoryModelLoad(again)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "version 3 of 'tiny' exists" in err.value.details()
+    finally:
+        server.stop()
 
 
 def test_the_repository_index_and_an_unknown_model(stub: pb_grpc.GRPCInferenceServiceStub) -> None:

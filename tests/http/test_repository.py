@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,8 +13,12 @@ from typing import Any
 import httpx
 import pytest
 import torch
+from starlette.applications import Starlette
 
+from modelbay.http.repository import repository_routes
 from modelbay.predictor import Predictor
+from modelbay.registry.registry import ModelRegistry
+from modelbay.runtime.dataplane import Dataplane
 from modelbay.server import Server
 from modelbay.settings import Settings
 from tests.conftest import asgi_client
@@ -21,8 +27,8 @@ pytestmark = pytest.mark.anyio
 ROW = [0.5, -1.0, 2.0, 0.25]
 
 
-def infer_body(row: list[float]) -> dict[str, Any]:
-    return {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": row}]}
+def infer_body(row: list[float], name: str = "input") -> dict[str, Any]:
+    return {"inputs": [{"name": name, "shape": [1, 4], "datatype": "FP32", "data": row}]}
 
 
 @pytest.fixture
@@ -148,8 +154,11 @@ async def test_unload_lets_the_requests_in_flight_finish() -> None:
             "/v2/repository/models/tiny/load",
             {"parameters": {"config": "{}", "file:1/model.onnx": "AA=="}},
             400,
-            "loading a model sent with the request (config, file:1/model.onnx) is not supported yet",
+            "this server has no model repository to write an uploaded model into",
         ),
+        ("/v2/repository/models/tiny/load", {"parameters": []}, 400, '"parameters" must be an object'),
+        ("/v2/repository/models/tiny/default", {"version": "7"}, 404, "'tiny'"),
+        ("/v2/repository/models/nope/default", {}, 404, "'nope'"),
     ],
 )
 async def test_repository_mistakes_say_what_was_wrong(
@@ -172,3 +181,126 @@ async def test_the_repository_api_answers_only_loopback_clients(tiny_files: dict
             reply = await client.post("/v2/repository/models/tiny/unload")
             assert reply.status_code == 403 and "only loopback clients" in reply.json()["error"]
             assert (await client.post("/v2/models/tiny/infer", json=infer_body(ROW))).status_code == 200
+
+
+def upload(files: dict[str, bytes], config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A load body as tritonclient.http sends it: config as a JSON string, files in base64."""
+    parameters: dict[str, Any] = {
+        f"file:{path}": base64.b64encode(data).decode() for path, data in files.items()
+    }
+    if config is not None:
+        parameters["config"] = json.dumps(config)
+    return {"parameters": parameters}
+
+
+@pytest.fixture
+async def live(tmp_path: Path) -> AsyncIterator[tuple[Path, httpx.AsyncClient]]:
+    """A server over an empty model repository: (the repository, a client)."""
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    server = Server(Settings.load(overrides={"model_repository": str(repository)}))
+    async with asgi_client(server) as client:
+        yield repository, client
+
+
+async def answered_by(client: httpx.AsyncClient, path: str) -> str:
+    reply = await client.post(path, json=infer_body(ROW, "x"))
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["model_version"])
+
+
+async def test_upload_versions_then_choose_the_default(
+    live: tuple[Path, httpx.AsyncClient], tiny_files: dict[str, Path], tiny: torch.nn.Module
+) -> None:
+    repository, client = live
+    expected = tiny(torch.tensor([ROW])).detach().numpy().reshape(-1).tolist()
+    onnx = tiny_files["onnx"].read_bytes()
+    config = {"task": "tensor", "batching": {"max_batch_size": 8}}
+    reply = await client.post("/v2/repository/models/tiny/load", json=upload({"1/model.onnx": onnx}, config))
+    assert reply.status_code == 200, reply.text
+    assert (repository / "tiny" / "1" / "model.onnx").read_bytes() == onnx
+    assert "max_batch_size: 8" in (repository / "tiny" / "1" / "modelbay.yaml").read_text()
+    assert [p.name for p in repository.iterdir()] == ["tiny"]  # no staging folder left
+    rows = (await client.post("/v2/repository/index")).json()
+    assert rows == [{"name": "tiny", "version": "1", "state": "READY", "reason": ""}]
+    answer = await client.post("/v2/models/tiny/infer", json=infer_body(ROW, "x"))
+    assert answer.json()["outputs"][0]["data"] == pytest.approx(expected, abs=1e-5)
+
+    reply = await client.post("/v2/repository/models/tiny/load", json=upload({"2/tiny.onnx": onnx}))
+    assert reply.status_code == 200, reply.text
+    assert [(r["version"], r["state"]) for r in (await client.post("/v2/repository/index")).json()] == [
+        ("1", "READY"),
+        ("2", "READY"),
+    ]
+    assert await answered_by(client, "/v2/models/tiny/infer") == "2"
+
+    pinned = await client.post("/v2/repository/models/tiny/default", json={"version": "1"})
+    assert pinned.json() == {"name": "tiny", "version": "1"}
+    assert await answered_by(client, "/v2/models/tiny/infer") == "1"
+    assert await answered_by(client, "/v2/models/tiny/versions/2/infer") == "2"
+    highest = await client.post("/v2/repository/models/tiny/default", json={"version": None})
+    assert highest.json() == {"name": "tiny", "version": "2"}
+    assert await answered_by(client, "/v2/models/tiny/infer") == "2"
+    assert (await client.post("/v2/repository/models/tiny/default")).json()["version"] == "2"
+
+    again = await client.post("/v2/repository/models/tiny/load", json=upload({"2/tiny.onnx": onnx}))
+    assert again.status_code == 400
+    assert "version 2 of 'tiny' exists; versions are immutable: deploy a new version" in again.json()["error"]
+
+
+UPLOAD_MISTAKES = [
+    ({"file:1/model.onnx": "not base64!"}, "parameter 'file:1/model.onnx' is not valid base64"),
+    ({"file:1/model.onnx": "AA"}, "is not valid base64"),
+    ({"file:1/model.onnx": 7}, "must be the file's content in base64, got int"),
+    ({"file:../1/model.onnx": "AA=="}, "must be <version>/<file>"),
+    ({"file:1/../../x": "AA=="}, "is not allowed"),
+    ({"file:/etc/passwd": "AA=="}, "must be relative"),
+    ({"file:1/.env": "AA=="}, "is not allowed"),
+    ({"config": "{"}, "parameter config is not JSON"),
+    ({"config": "[1]"}, "must be a JSON object of modelbay.yaml fields, got list"),
+    ({"config": {"task": "tensor"}}, "parameter config must be a JSON object as a string, got dict"),
+    ({"config": '{"taks": "tensor"}', "file:1/model.onnx": "AA=="}, "unknown field `taks`"),
+    ({"file:1/a.onnx": "AA==", "file:1/b.onnx": "AA=="}, "version 1 needs one model file at its top"),
+    ({"unload_dependents": True}, "unknown load parameter 'unload_dependents'"),
+]
+
+
+@pytest.mark.parametrize(("parameters", "message"), UPLOAD_MISTAKES)
+async def test_upload_mistakes_are_refused_and_write_nothing(
+    live: tuple[Path, httpx.AsyncClient], parameters: dict[str, Any], message: str
+) -> None:
+    repository, client = live
+    reply = await client.post("/v2/repository/models/m/load", json={"parameters": parameters})
+    assert reply.status_code == 400 and message in reply.json()["error"], reply.text
+    assert list(repository.iterdir()) == []
+
+
+async def test_a_model_name_that_cannot_be_a_folder_is_refused(live: tuple[Path, httpx.AsyncClient]) -> None:
+    repository, client = live
+    for name in (".hidden", "a%5Cb"):
+        reply = await client.post(f"/v2/repository/models/{name}/load", json=upload({"1/m.onnx": b"x"}))
+        assert reply.status_code == 400 and "model name" in reply.json()["error"], reply.text
+    assert list(repository.iterdir()) == []
+
+
+@pytest.mark.parametrize("version", [2, True, ["1"]])
+async def test_default_takes_a_version_string_or_null(
+    served: tuple[Server, httpx.AsyncClient], version: Any
+) -> None:
+    _, client = served
+    reply = await client.post("/v2/repository/models/tiny/default", json={"version": version})
+    assert reply.status_code == 400 and '"version" must be a string, or null' in reply.json()["error"]
+
+
+async def test_a_load_body_may_be_as_large_as_max_upload_bytes() -> None:
+    """Loads are read within max_upload_bytes, the other repository bodies within max_body_bytes."""
+    app = Starlette(routes=repository_routes(Dataplane(ModelRegistry()), 100, max_upload_bytes=1000))
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://modelbay.test") as client:
+        body = upload({"1/model.onnx": b"x" * 500})
+        reply = await client.post("/v2/repository/models/m/load", json=body)
+        assert reply.status_code == 503  # read whole; refused only for want of a model manager
+        reply = await client.post("/v2/repository/models/m/load", json=upload({"1/model.onnx": b"x" * 800}))
+        assert reply.status_code == 413 and "(--max-upload-bytes)" in reply.json()["error"]
+        reply = await client.post("/v2/repository/models/m/unload", json=body)
+        assert reply.status_code == 413 and "over the limit of 100 bytes" in reply.json()["error"]

@@ -10,13 +10,13 @@ from typing import Any
 import grpc
 
 from modelbay.codecs import oip_grpc
-from modelbay.errors import InvalidInput, ModelNotFound
+from modelbay.errors import InvalidInput, ModelNotFound, PayloadTooLarge
 from modelbay.grpc.errors import status_of
 from modelbay.grpc.generated import grpc_predict_v2_pb2 as pb
 from modelbay.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelbay.runtime.context import RequestContext
 from modelbay.runtime.dataplane import Dataplane
-from modelbay.runtime.management import check_manager, is_loopback_host, refuse_model_upload
+from modelbay.runtime.management import check_manager, is_loopback_host, load_request
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -80,7 +80,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # The model repository extension, as Triton's grpc_service.proto defines it. Each call answers
     # only loopback clients (PERMISSION_DENIED otherwise) and takes an empty repository_name
     # (NOT_FOUND otherwise); then it is one Dataplane call (repository_index, load_model,
-    # unload_model) whose errors map through grpc/errors.py.
+    # unload_model) whose errors map through grpc/errors.py. A load may carry a model (`config`
+    # as string_param, `file:<path>` as bytes_param, read by runtime/management.load_request);
+    # its message is held to max_message_bytes like ModelInfer's: the gRPC runtime's receive
+    # limit is one per server, and raising it for uploads would let any client's ModelInfer
+    # message that large be read. Larger models go over REST (max_upload_bytes).
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
@@ -104,8 +108,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> Any:
         async def call() -> Any:
             _check_management(context, request.repository_name)
-            refuse_model_upload(request.parameters)
-            await self.dataplane.load_model(request.model_name)
+            size = request.ByteSize()
+            if size > self.max_message_bytes:
+                raise PayloadTooLarge(
+                    f"load message of {size} bytes is over the gRPC limit of {self.max_message_bytes} "
+                    "bytes (--max-body-bytes); send larger models over REST (--max-upload-bytes)"
+                )
+            parameters = {name: _parameter_value(p) for name, p in request.parameters.items()}
+            load = load_request(request.model_name, parameters)
+            await self.dataplane.load_model(request.model_name, load.config, load.files)
             return pb.RepositoryModelLoadResponse()
 
         return await _guarded(context, call)
@@ -128,6 +139,12 @@ def _check_management(context: grpc.aio.ServicerContext, repository_name: str) -
     check_manager(peer_host(context.peer()))
     if repository_name:
         raise ModelNotFound("modelbay has one repository; leave repository_name empty")
+
+
+def _parameter_value(parameter: pb.ModelRepositoryParameter) -> object:
+    """The value a ModelRepositoryParameter holds (bool, int, str or bytes), None when unset."""
+    choice = parameter.WhichOneof("parameter_choice")
+    return None if choice is None else getattr(parameter, choice)
 
 
 def peer_host(peer: str) -> str:

@@ -52,11 +52,16 @@ Lifespan = Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]
 
 
 def create_app(
-    dataplane: Dataplane, max_body_bytes: int = 16 * 1024 * 1024, lifespan: Lifespan | None = None
+    dataplane: Dataplane,
+    max_body_bytes: int = 16 * 1024 * 1024,
+    lifespan: Lifespan | None = None,
+    *,
+    max_upload_bytes: int = 256 * 1024 * 1024,
 ) -> ModelbayApp:
     """The ASGI app over `dataplane`.
 
     max_body_bytes: largest request body accepted; larger ones get 413.
+    max_upload_bytes: largest body of a model repository load (a model sent with it), instead.
     lifespan: what runs around serving; by default it starts and stops the dataplane's batchers
               (the Server passes one that also runs the gRPC door on the same event loop).
     """
@@ -119,7 +124,7 @@ def create_app(
         Route("/v2/health/live", guarded(live)),
         Route("/v2/health/ready", guarded(ready)),
     ]
-    routes += repository_routes(dataplane, max_body_bytes)
+    routes += repository_routes(dataplane, max_body_bytes, max_upload_bytes)
     starlette = Starlette(
         routes=routes,
         lifespan=lifespan or dataplane_only,

@@ -3,11 +3,15 @@
   POST /v2/repository/index                   [{"name", "version", "state", "reason"}, ...]
   POST /v2/repository/models/{model}/load     load (or reload) the model; 200 once it serves
   POST /v2/repository/models/{model}/unload   stop serving it once its requests are done
+  POST /v2/repository/models/{model}/default  modelbay's own: which version answers unversioned
+                                              calls; {"name", "version"}
 
 Bodies are optional JSON objects: the index takes {"ready": bool}; load and unload take
-{"parameters": {...}}. The API manages the server, so it answers only loopback clients until API
-keys exist (issue 11): 403 otherwise. Load's `config` and `file:<path>` parameters (a model sent
-with the request) are not supported yet: 400.
+{"parameters": {...}}: for load, Triton's `config` (a JSON object as a string) and
+`file:<version>/<path>` (a file's content in base64) read by runtime/management.load_request,
+within `max_upload_bytes`; default takes {"version": "2"}, or null (or nothing) for the highest.
+The API manages the server, so it answers only loopback clients until API keys exist (issue 11):
+403 otherwise.
 """
 
 from __future__ import annotations
@@ -18,15 +22,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelbay.errors import InvalidInput
+from modelbay.errors import InvalidInput, PayloadTooLarge
 from modelbay.http.body import decode_json, header_dict, read_body
 from modelbay.http.errors import Endpoint, guarded, json_response
 from modelbay.runtime.dataplane import Dataplane
-from modelbay.runtime.management import check_manager, refuse_model_upload
+from modelbay.runtime.management import check_manager, load_request
 
 
-def repository_routes(dataplane: Dataplane, max_body_bytes: int) -> list[Route]:
-    """The extension's three routes over `dataplane`; bodies are read within `max_body_bytes`."""
+def repository_routes(
+    dataplane: Dataplane, max_body_bytes: int, max_upload_bytes: int = 256 * 1024 * 1024
+) -> list[Route]:
+    """The extension's routes over `dataplane`. Bodies are read within `max_body_bytes`, but a
+    load's within `max_upload_bytes` (it may carry a model, base64 in JSON: files of up to about
+    3/4 of it); larger ones get 413."""
 
     async def index(request: Request) -> Response:
         body = await _body(request, max_body_bytes)
@@ -39,12 +47,17 @@ def repository_routes(dataplane: Dataplane, max_body_bytes: int) -> list[Route]:
         )
 
     async def load(request: Request) -> Response:
-        body = await _body(request, max_body_bytes)
-        parameters = body.get("parameters") or {}
+        try:
+            body = await _body(request, max_upload_bytes)
+        except PayloadTooLarge as exc:
+            raise PayloadTooLarge(f"{exc.message} (--max-upload-bytes)") from None
+        parameters = body.get("parameters")
+        parameters = {} if parameters is None else parameters
         if not isinstance(parameters, dict):
             raise InvalidInput(f'"parameters" must be an object, got {type(parameters).__name__}')
-        refuse_model_upload(parameters)
-        await dataplane.load_model(request.path_params["model"])
+        name = request.path_params["model"]
+        load = load_request(name, parameters)
+        await dataplane.load_model(name, load.config, load.files)
         return json_response({})
 
     async def unload(request: Request) -> Response:
@@ -52,10 +65,20 @@ def repository_routes(dataplane: Dataplane, max_body_bytes: int) -> list[Route]:
         await dataplane.unload_model(request.path_params["model"])
         return json_response({})
 
+    async def default(request: Request) -> Response:
+        body = await _body(request, max_body_bytes)
+        version = body.get("version")
+        if version is not None and not isinstance(version, str):
+            raise InvalidInput(f'"version" must be a string, or null for the highest; got {version!r}')
+        name = request.path_params["model"]
+        dataplane.set_default_version(name, version)
+        return json_response({"name": name, "version": dataplane.registry.default_version(name)})
+
     return [
         Route("/v2/repository/index", _managed(index), methods=["POST"]),
         Route("/v2/repository/models/{model}/load", _managed(load), methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", _managed(unload), methods=["POST"]),
+        Route("/v2/repository/models/{model}/default", _managed(default), methods=["POST"]),
     ]
 
 

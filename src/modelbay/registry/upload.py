@@ -269,10 +269,11 @@ def _check_free(model: int, name: str, versions: dict[str, VersionFiles]) -> Non
     entries = os.listdir(model)
     numbered = {int(entry): entry for entry in entries if entry.isascii() and entry.isdigit()}
     for version in versions:
-        if int(version) in numbered:
+        found = numbered.get(int(version))
+        if found is not None:
+            spelled = "" if found == version else f" (as {found!r})"
             raise InvalidInput(
-                f"version {version} of {name!r} exists (as {numbered[int(version)]!r}); versions are "
-                "immutable: deploy a new version"
+                f"version {version} of {name!r} exists{spelled}; versions are immutable: deploy a new version"
             )
     if not numbered and (MANIFEST_NAME in entries or HANDLER_NAME in entries):
         raise InvalidInput(
