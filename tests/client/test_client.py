@@ -154,3 +154,62 @@ def test_cli_predict_stops_quietly_when_its_reader_goes_away(server: Server) -> 
     )
     assert result.stdout.count("\n") == 1 and result.stdout.startswith(str(SAMPLES / "0.png"))
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def repository_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server over an empty model repository, uploads allowed."""
+    repository = tmp_path_factory.mktemp("repository")
+    server = Server(Settings(port=0, grpc_port=free_port(), model_repository=str(repository)))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("kind", ["http-binary", "grpc"])
+def test_load_a_model_with_its_files_then_choose_the_default(
+    repository_server: Server, tiny_files: dict[str, Path], kind: str
+) -> None:
+    name = f"tiny-{kind}"
+    onnx = tiny_files["onnx"].read_bytes()
+    x = np.ones((2, 4), np.float32)
+    with client_for(repository_server, kind) as client:
+        client.load_model(name, config={"batching": {"max_batch_size": 4}}, files={"1/model.onnx": onnx})
+        client.load_model(name, files={"2/model.onnx": onnx})
+        rows = [row for row in client.repository_index() if row["name"] == name]
+        assert [(row["version"], row["state"]) for row in rows] == [("1", "READY"), ("2", "READY")]
+        assert client.infer(name, x)["y"].shape == (2, 3)
+        with pytest.raises(InvalidInput, match=f"version 2 of '{name}' exists"):
+            client.load_model(name, files={"2/model.onnx": onnx})
+        with pytest.raises(InvalidInput, match="is not allowed"):
+            client.load_model(name, files={"3/../../escape.onnx": onnx})
+        if kind == "grpc":
+            with pytest.raises(ModelbayError, match="HTTP route"):
+                client.set_default_version(name, "1")
+            return
+        assert client.set_default_version(name, "1") == "1"
+        assert client.metadata(name)["versions"] == ["1", "2"]
+        assert client.set_default_version(name, None) == "2"
+        with pytest.raises(ModelNotFound):
+            client.set_default_version(name, "9")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["http-json", "grpc"])
+async def test_async_client_manages_the_repository(
+    repository_server: Server, tiny_files: dict[str, Path], kind: str
+) -> None:
+    name = f"async-{kind}"
+    async with client_for(repository_server, kind, AsyncClient) as client:
+        await client.load_model(name, files={"4/model.onnx": tiny_files["onnx"].read_bytes()})
+        assert {
+            "name": name,
+            "version": "4",
+            "state": "READY",
+            "reason": "",
+        } in await client.repository_index()
+        assert (await client.infer(name, np.ones((1, 4), np.float32)))["y"].shape == (1, 3)
+        if kind != "grpc":
+            assert await client.set_default_version(name, "4") == "4"
+        await client.unload_model(name)
+        assert name not in {row["name"] for row in await client.repository_index(ready=True)}

@@ -6,6 +6,8 @@
         client.metadata("digits")                            # OIP model metadata
         client.infer("digits", np.zeros((1, 1, 8, 8), np.float32))   # {"logits": array [1, 10]}
         client.predict("digits", Path("7.png"))              # the simple door (HTTP only)
+        client.load_model("tiny", files={"2/model.onnx": data})   # the model repository (loopback)
+        client.set_default_version("tiny", "1")              # unversioned calls go to 1 (HTTP only)
 
 `AsyncClient` has the same methods as coroutines. Tensors travel raw: over HTTP with the binary
 tensor extension (`binary=False` sends JSON), over gRPC as raw contents. Server errors come back
@@ -15,6 +17,7 @@ Overloaded), InferenceFailed, PayloadTooLarge... (modelbay.errors).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -181,23 +184,28 @@ class Client(_Base):
         only when `ready`. Raises Forbidden off loopback, Unavailable when the server has no
         model manager (--workers > 1)."""
         if self.transport == "grpc":
-            reply = self._call(self._stub.RepositoryIndex, pb.RepositoryIndexRequest(ready=ready))
-            return [
-                {"name": m.name, "version": m.version, "state": m.state, "reason": m.reason}
-                for m in reply.models
-            ]
+            return _grpc.index_rows(
+                self._call(self._stub.RepositoryIndex, pb.RepositoryIndexRequest(ready=ready))
+            )
         return list(self._repository("/v2/repository/index", {"ready": ready}))
 
-    def load_model(self, model: str) -> None:
-        """Load (or reload) `model` from where the server found it; returns once it serves.
+    def load_model(
+        self, model: str, config: Mapping[str, Any] | None = None, files: Mapping[str, bytes] | None = None
+    ) -> None:
+        """Load (or reload) `model`; returns once it serves.
 
-        Raises ModelNotFound when the server knows no such model, InferenceFailed (500) when
-        it cannot be loaded (the index says why), Forbidden off loopback.
+        config: modelbay.yaml fields applied to the load (Triton's `config` parameter).
+        files:  a model sent with the load, by path relative to the model folder, e.g.
+                {"3/model.onnx": b"..."}: written into the server's model repository as new
+                versions (never over an existing one), then loaded.
+        Raises ModelNotFound when the server knows no such model, InvalidInput for an upload it
+        refuses (a bad path, an existing version, no --model-repository), InferenceFailed (500)
+        when the model cannot be loaded (the index says why), Forbidden off loopback.
         """
         if self.transport == "grpc":
-            self._call(self._stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name=model))
+            self._call(self._stub.RepositoryModelLoad, _grpc.load_message(model, config, files))
             return
-        self._repository(f"/v2/repository/models/{model}/load", {})
+        self._repository(f"/v2/repository/models/{model}/load", _rest.load_body(config, files))
 
     def unload_model(self, model: str) -> None:
         """Stop serving `model` once its requests in flight are done. Raises ModelNotFound."""
@@ -205,6 +213,17 @@ class Client(_Base):
             self._call(self._stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name=model))
             return
         self._repository(f"/v2/repository/models/{model}/unload", {})
+
+    def set_default_version(self, model: str, version: str | None) -> str:
+        """Make `version` of `model` answer the calls that name no version (None: the highest
+        again); returns the version answering them now. HTTP only (modelbay's own route).
+
+        Raises ModelNotFound when the model or that version is not loaded.
+        """
+        if self.transport != "http":
+            raise ModelbayError("set_default_version is modelbay's own HTTP route; use an http:// URL")
+        reply = self._repository(f"/v2/repository/models/{model}/default", {"version": version})
+        return str(reply["version"])
 
     def _repository(self, path: str, body: dict[str, Any]) -> Any:
         response = self._http.post(path, json=body)
@@ -317,3 +336,39 @@ class AsyncClient(_Base):
         response = await self._http.post(path, **_rest.predict_request(data))
         _rest.raise_for_status(response.status_code, response.headers, response.content)
         return response.json()["predictions"]
+
+    async def repository_index(self, ready: bool = False) -> list[dict[str, str]]:
+        """The OIP model repository index (see Client.repository_index)."""
+        if self.transport == "grpc":
+            reply = await self._call(self._stub.RepositoryIndex, pb.RepositoryIndexRequest(ready=ready))
+            return _grpc.index_rows(reply)
+        return list(await self._repository("/v2/repository/index", {"ready": ready}))
+
+    async def load_model(
+        self, model: str, config: Mapping[str, Any] | None = None, files: Mapping[str, bytes] | None = None
+    ) -> None:
+        """Load (or reload) `model`, maybe with a config and files (see Client.load_model)."""
+        if self.transport == "grpc":
+            await self._call(self._stub.RepositoryModelLoad, _grpc.load_message(model, config, files))
+            return
+        await self._repository(f"/v2/repository/models/{model}/load", _rest.load_body(config, files))
+
+    async def unload_model(self, model: str) -> None:
+        """Stop serving `model` once its requests in flight are done. Raises ModelNotFound."""
+        if self.transport == "grpc":
+            request = pb.RepositoryModelUnloadRequest(model_name=model)
+            await self._call(self._stub.RepositoryModelUnload, request)
+            return
+        await self._repository(f"/v2/repository/models/{model}/unload", {})
+
+    async def set_default_version(self, model: str, version: str | None) -> str:
+        """Choose the version answering unversioned calls (see Client.set_default_version)."""
+        if self.transport != "http":
+            raise ModelbayError("set_default_version is modelbay's own HTTP route; use an http:// URL")
+        reply = await self._repository(f"/v2/repository/models/{model}/default", {"version": version})
+        return str(reply["version"])
+
+    async def _repository(self, path: str, body: dict[str, Any]) -> Any:
+        response = await self._http.post(path, json=body)
+        _rest.raise_for_status(response.status_code, response.headers, response.content)
+        return response.json()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from typing import Any
+
 import grpc
 import numpy as np
 
@@ -47,6 +51,26 @@ def infer_message(
     for name in outputs or ():
         message.outputs.add(name=name)
     return message
+
+
+def load_message(
+    model: str, config: Mapping[str, Any] | None, files: Mapping[str, bytes] | None
+) -> pb.RepositoryModelLoadRequest:
+    """A RepositoryModelLoadRequest as tritonclient.grpc builds it: config as string_param (a JSON
+    object), each file as `file:<path>` bytes_param."""
+    message = pb.RepositoryModelLoadRequest(model_name=model)
+    if config is not None:
+        message.parameters["config"].string_param = json.dumps(dict(config))
+    for path, data in (files or {}).items():
+        message.parameters[f"file:{path}"].bytes_param = data
+    return message
+
+
+def index_rows(reply: pb.RepositoryIndexResponse) -> list[dict[str, str]]:
+    """A RepositoryIndexResponse as [{"name", "version", "state", "reason"}]."""
+    return [
+        {"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in reply.models
+    ]
 
 
 def parse_message(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +128,20 @@ def predict_request(data: Any) -> dict[str, Any]:
         return {"content": bytes(data), "headers": {"content-type": "application/octet-stream"}}
     value = data.tolist() if isinstance(data, np.ndarray) else data
     return {"content": json.dumps({"input": value}).encode(), "headers": {"content-type": "application/json"}}
+
+
+def load_body(config: Mapping[str, Any] | None, files: Mapping[str, bytes] | None) -> dict[str, Any]:
+    """The body of `POST /v2/repository/models/{model}/load` as tritonclient.http sends it:
+    {"parameters": {"config": "<JSON object>", "file:<path>": "<base64>", ...}}.
+
+    config: modelbay.yaml fields. files: content by path relative to the model folder ("1/model.onnx").
+    """
+    parameters: dict[str, Any] = {}
+    if config is not None:
+        parameters["config"] = json.dumps(dict(config))
+    for path, data in (files or {}).items():
+        parameters[f"file:{path}"] = base64.b64encode(data).decode("ascii")
+    return {"parameters": parameters}
 
 
 def raise_for_status(status: int, headers: Any, content: bytes) -> None:
