@@ -12,6 +12,7 @@
     │   └── Overloaded              the model's queue is full (HTTP adds Retry-After)
     ├── DeadlineExceeded            no answer within the model's timeout_s          (504 / DEADLINE_EXCEEDED)
     ├── InferenceFailed             the model itself failed on a valid request      (500 / INTERNAL)
+    │   └── WorkerProcessDied       its model worker process died (or was killed) during the batch
     └── ModelLoadError              an artifact cannot be loaded; raised before serving (CLI exit 2)
 
 Each transport keeps one table from these classes to its status codes (`modelbay.http.errors`,
@@ -91,6 +92,13 @@ class InferenceFailed(ModelbayError):
     def __init__(self, message: str, error_id: str | None = None) -> None:
         super().__init__(message)
         self.error_id = error_id
+
+
+class WorkerProcessDied(InferenceFailed):
+    """The model's worker process died during the batch (a crash, the OOM killer, or killed past
+    `timeout_s`): every request of that batch fails with it. No request is to blame, so the
+    batcher does not split the batch to find one: rerunning halves would only crash the
+    restarted worker again (`modelbay.runtime.model_process`)."""
 
 
 class ModelLoadError(ModelbayError):

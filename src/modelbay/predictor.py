@@ -72,6 +72,10 @@ class Predictor:
         """
         return value
 
+    def close(self) -> None:
+        """Release what the model holds beyond memory (its worker process); called once when it
+        stops serving, after its last batch. The default holds nothing."""
+
     def rows(self, item: Any) -> int:
         """How many rows `item` adds to a batch (counted against `max_batch_size`); 1 by default."""
         return 1

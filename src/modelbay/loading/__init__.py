@@ -4,6 +4,10 @@
 format is one module and one entry. A model folder's `modelbay.yaml` is merged under the caller's
 settings before they are converted (`modelbay.settings.model_entry`); if the folder has a
 `predict.py`, that handler is the predictor.
+
+With `worker_process`, the model is loaded in a model worker process of its own
+(`modelbay.runtime.model_process`): an artifact's task predictor stays here around a ProcessRunner,
+a predict.py folder becomes a ProcessPredictor (its handler is imported only in the worker).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -22,6 +26,7 @@ from modelbay.loading.detect import HANDLER_NAME, Format, detect
 from modelbay.loading.handler import load_handler
 from modelbay.loading.runner import Runner
 from modelbay.predictor import Predictor
+from modelbay.runtime.model_process import ModelProcess, ProcessPredictor, ProcessRunner
 from modelbay.settings import MANIFEST_NAME, ModelConfig, model_config, model_entry
 from modelbay.tasks import make_predictor, tensor_specs
 
@@ -35,6 +40,7 @@ LOADERS: dict[Format, Callable[[Path, ModelConfig], Runner]] = {
 
 WEIGHT_SUFFIXES = (".pt2", ".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".onnx", ".ts")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_P = TypeVar("_P", bound=Predictor)
 
 
 @dataclass
@@ -56,6 +62,8 @@ def load_model(entry: ModelConfig | Mapping[str, Any]) -> LoadedModel:
     entry: a ModelConfig, complete as `Settings.load` makes it (a model folder's modelbay.yaml is
            not read again), or a raw `models:` entry dict, merged over the folder's modelbay.yaml
            here as `Settings.load` would (`model_entry`).
+    With `worker_process`, the model's worker process is started here and has loaded and set up
+    the model when this returns (ModelProcess.start); the predictor's `close()` ends it.
     Raises ModelLoadError saying what was found and what to do when anything cannot be loaded.
     """
     if isinstance(entry, Mapping):
@@ -68,6 +76,8 @@ def load_model(entry: ModelConfig | Mapping[str, Any]) -> LoadedModel:
     if path.is_dir() and detect(path) is Format.FOLDER:
         config = _named(entry, path.resolve().name, str(path / MANIFEST_NAME))
         if (path / HANDLER_NAME).is_file():
+            if config.worker_process:
+                return LoadedModel(config, _in_worker(config, "handler", ProcessPredictor), path)
             handler = load_handler(
                 path / HANDLER_NAME, tensor_specs(config.inputs), tensor_specs(config.outputs)
             )
@@ -103,7 +113,25 @@ def _build(path: Path, config: ModelConfig) -> Predictor:
     loader = LOADERS.get(fmt)
     if loader is None:
         raise ModelLoadError(f"{path}: format {fmt.value} is not a model file")
+    if config.worker_process:
+        return _in_worker(
+            config, "runner", lambda process: make_predictor(config, ProcessRunner(process), path.parent)
+        )
     return make_predictor(config, loader(path, config), path.parent)
+
+
+def _in_worker(
+    config: ModelConfig, role: Literal["runner", "handler"], build: Callable[[ModelProcess], _P]
+) -> _P:
+    """Start the model's worker process (it loads the model), then `build` the predictor over it;
+    the worker is ended if that fails. Raises ModelLoadError."""
+    process = ModelProcess(config, role)
+    process.start()
+    try:
+        return build(process)
+    except BaseException:
+        process.close()
+        raise
 
 
 def _find_weights(folder: Path) -> Path:

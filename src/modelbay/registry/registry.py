@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,12 +57,14 @@ class ServedModel:
         self.ready = True
 
     async def stop(self) -> None:
-        """Not ready; stop the batcher (queued requests get ModelNotReady) and the hook threads."""
+        """Not ready; stop the batcher (queued requests get ModelNotReady) and the hook threads,
+        then close the predictor (`Predictor.close`: its worker process ends)."""
         self.ready = False
         await self.batcher.stop()
         if self.hooks is not None:
             self.hooks.shutdown(wait=True, cancel_futures=True)
             self.hooks = None
+        await asyncio.to_thread(self.predictor.close)
 
     def stalled(self) -> bool:
         """True while a batch has been in the model for longer than `timeout_s` (hung model code)."""

@@ -20,6 +20,7 @@ from modelbay.errors import (
     ModelNotReady,
     Overloaded,
     PayloadTooLarge,
+    WorkerProcessDied,
     model_failure,
 )
 from modelbay.runtime.adaptive import AdaptiveBatchSize
@@ -336,7 +337,7 @@ class Batcher:
             try:
                 output = DefaultOutput(self._default(pending.item))
             except BaseException as exc:  # model code on the event loop: that request's failure
-                self._fail(pending, exc)
+                self._fail([pending], exc)
                 continue
             pending.future.set_result(output)
         return answered
@@ -358,8 +359,10 @@ class Batcher:
         try:
             outputs = await loop.run_in_executor(self._executor, self._checked_predict, items)
         except Exception as exc:
-            if len(batch) == 1:
-                self._fail(batch[0], exc)
+            # A dead or restarting worker process is no request's fault: halves would only crash
+            # the restarted worker again, log2(n) times, so the whole batch fails at once.
+            if len(batch) == 1 or isinstance(exc, WorkerProcessDied | ModelNotReady):
+                self._fail(batch, exc)
                 return
             half = len(batch) // 2
             for part in (batch[:half], batch[half:]):
@@ -388,10 +391,12 @@ class Batcher:
             )
         return list(outputs)
 
-    def _fail(self, pending: _Pending, exc: BaseException) -> None:
-        self.stats.failed += 1
-        if not pending.future.done():
-            pending.future.set_exception(model_failure(self.name, exc))
+    def _fail(self, batch: list[_Pending], exc: BaseException) -> None:
+        failure = model_failure(self.name, exc)  # one log line and error id for the batch
+        self.stats.failed += len(batch)
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(failure)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -175,6 +175,12 @@ class TensorPredictor(Predictor):
             rows.append(row)
         return rows
 
+    def close(self) -> None:
+        """Close the runner when it holds a process (modelbay.runtime.model_process.ProcessRunner)."""
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
+
     def rows(self, item: Arrays) -> int:
         """The item's batch size (first dimension)."""
         return int(item[0].shape[0]) if item else 1
