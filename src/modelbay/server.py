@@ -130,6 +130,7 @@ class Server:
         settings = self.settings
         repository = ModelRepository(root, settings.model_overrides)
         names = repository.names()
+        polled = {name: repository.fingerprints(name) for name in names}  # before loading (ServerModels)
         if settings.model_control_mode == "explicit" and settings.load_models:
             unknown = sorted(set(settings.load_models) - set(names))
             if unknown:
@@ -143,7 +144,7 @@ class Server:
                 log.info("loading model %r version %s from %s", name, version, found.config.path)
                 self._add(build_served_model(load_model(found.config)))
                 stamps[(name, version)] = found.fingerprint
-        self.models = ServerModels(self.models.sources, stamps, repository)
+        self.models = ServerModels(self.models.sources, stamps, repository, polled)
 
     def _add(self, model: ServedModel) -> None:
         try:

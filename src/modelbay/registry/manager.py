@@ -61,11 +61,15 @@ class ServerModels:
     stamps:     repository versions loaded at start, by (name, version): their fingerprints
                 (ModelRepository.versions), so a later load reloads only what changed.
     repository: the model repository served live, or None.
+    polled:     the repository's files per model name (ModelRepository.fingerprints) as seen just
+                before the start's loading: what the first poll compares with, so a change made
+                during the start is acted on.
     """
 
     sources: dict[str, dict[str, LoadedModel]]
     stamps: dict[tuple[str, str], Fingerprint]
     repository: ModelRepository | None = None
+    polled: dict[str, Any] | None = None
 
 
 class ModelManager:
@@ -111,9 +115,8 @@ class ModelManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._seen: dict[str, Any] = {}  # poll: each name's files at the last poll
         self._acted: dict[str, Any] = {}  # poll: each name's files when it was last loaded
-        if self.repository is not None:
-            for name in self.repository.names():
-                self._acted[name] = self._seen[name] = self.repository.fingerprints(name)
+        self._acted.update(models.polled or {})
+        self._seen.update(models.polled or {})
 
     def index(self, ready_only: bool = False) -> list[VersionStatus]:
         """Every known model version with its state, sorted by name then version: the versions
