@@ -33,7 +33,8 @@ from modelbay.runtime.model_messages import (
     Run,
     frame,
 )
-from modelbay.runtime.model_process import Backoff, ModelProcess, ProcessPredictor, ProcessRunner
+from modelbay.runtime.model_process import Backoff, ModelProcess
+from modelbay.runtime.process_predictors import ProcessPredictor, ProcessRunner
 from modelbay.server import Server
 from modelbay.settings import BatchingConfig, ModelConfig, Settings
 from tests.conftest import asgi_client

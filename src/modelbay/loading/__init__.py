@@ -26,7 +26,8 @@ from modelbay.loading.detect import HANDLER_NAME, Format, detect
 from modelbay.loading.handler import load_handler
 from modelbay.loading.runner import Runner
 from modelbay.predictor import Predictor
-from modelbay.runtime.model_process import ModelProcess, ProcessPredictor, ProcessRunner
+from modelbay.runtime.model_process import ModelProcess
+from modelbay.runtime.process_predictors import ProcessPredictor, ProcessRunner
 from modelbay.settings import MANIFEST_NAME, ModelConfig, model_config, model_entry
 from modelbay.tasks import make_predictor, tensor_specs
 

@@ -1,16 +1,10 @@
 """Model worker processes, the server's side: a model runs in a process of its own.
 
 A crash (segfault, `os._exit`, the OOM killer) or a hang then ends only that process, and a model
-may later run under another Python environment's interpreter. `ModelProcess` starts and
-supervises the worker (`python -m modelbay.runtime.model_worker`, which loads the model itself);
-two predictors put it behind the usual Predictor API (`modelbay.loading.load_model` picks one
-when `worker_process` is set):
-
-- artifact models keep their task predictor (decoding, checks, postprocessing) in the server and
-  swap only the Runner for a `ProcessRunner`: one forward pass is one round trip of raw arrays;
-- predict.py folders get a `ProcessPredictor`: the server never imports the handler (its
-  dependencies may exist only in the worker's environment); its hooks only tag each request's raw
-  item with its door, and a batch travels whole to the worker, which runs the real hooks.
+may run under another Python environment's interpreter. `ModelProcess` starts and supervises the
+worker (`python -m modelbay.runtime.model_worker`, which loads the model itself) and makes one
+round trip at a time with it (`modelbay.runtime.model_messages`); the predictors over it are in
+`modelbay.runtime.process_predictors`.
 
 What a dying worker costs (issue 10, item 6): the batch in flight fails with WorkerProcessDied
 (500, naming the model) and the batcher fails it whole, unsplit (its halves would only crash the
@@ -34,24 +28,16 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import msgspec
-import numpy as np
 
 from modelbay.errors import ModelLoadError, ModelNotReady, WorkerProcessDied
-from modelbay.predictor import Predictor
 from modelbay.runtime.model_messages import (
     Channel,
     Failure,
     FramingError,
-    Handle,
-    Handled,
-    Item,
-    Ran,
     Ready,
-    Run,
     Start,
 )
 from modelbay.settings import ModelConfig
@@ -204,11 +190,7 @@ class ModelProcess:
         (Failure.exception) when it raised in the worker.
         """
         with self._calls:
-            with self._state:
-                child = self._slot.child if self._slot.serving else None
-                down = self._slot.down
-            if child is None:
-                raise ModelNotReady(f"model {self.name!r} is not ready: its worker process {down}")
+            child = self.check_serving()
             deadline = None if self.call_timeout_s is None else time.monotonic() + self.call_timeout_s
             try:
                 child.channel.send(message, deadline)
@@ -226,15 +208,25 @@ class ModelProcess:
         """True while a worker is up and serving (calls are not refused with ModelNotReady)."""
         return self._slot.serving
 
+    def check_serving(self) -> _Child:
+        """The worker serving now. Raises ModelNotReady, saying why, while none does."""
+        with self._state:
+            child = self._slot.child if self._slot.serving else None
+            down = self._slot.down
+        if child is None:
+            raise ModelNotReady(f"model {self.name!r} is not ready: its worker process {down}")
+        return child
+
     def close(self) -> None:
-        """End the worker for good: its socket is closed (it exits by itself), and it is killed if
-        still running STOP_WAIT_S later; no restart follows. A call in flight gets ModelNotReady."""
+        """End the worker for good: its socket is closed (an idle worker exits by itself; one
+        still in a batch, or not gone STOP_WAIT_S later, is killed); no restart follows. A call
+        in flight gets ModelNotReady."""
         self._closed.set()
         with self._state:
             child, self._slot.child, self._slot.serving = self._slot.child, None, False
             self._slot.down = "is stopped"
         if child is not None:
-            child.end("was stopped", STOP_WAIT_S)
+            child.end("was stopped", 0.0 if self._calls.locked() else STOP_WAIT_S)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(STOP_WAIT_S)
 
@@ -292,7 +284,7 @@ class ModelProcess:
         command = [self.python, "-m", "modelbay.runtime.model_worker"]
         command += ["--fd", str(worker_end.fileno()), "--parent", str(os.getpid())]
         try:
-            process = subprocess.Popen(command, pass_fds=(worker_end.fileno(),))
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, pass_fds=(worker_end.fileno(),))
         except OSError as exc:
             server_end.close()
             raise ModelLoadError(f"model {self.name!r}: cannot start {self.python}: {exc}") from exc
@@ -310,13 +302,8 @@ class ModelProcess:
         child.ready_at = time.monotonic()
         if not self._first.done():
             self._first.set_result(ready)
-        elif self.ready is not None and (ready.inputs, ready.outputs) != (
-            self.ready.inputs,
-            self.ready.outputs,
-        ):
-            log.warning(
-                "model %r: the restarted worker reports other inputs or outputs than before", self.name
-            )
+        elif self.ready is not None and _specs(ready) != _specs(self.ready):
+            log.warning("model %r: its restarted worker reports other inputs or outputs", self.name)
         return child
 
     def _handshake(self, child: _Child) -> Ready:
@@ -337,6 +324,10 @@ class ModelProcess:
             said = answer.message if answer.error == "ModelLoadError" else f"{answer.error}: {answer.message}"
             raise ModelLoadError(f"model {self.name!r} (in its worker process): {said}")
         raise ModelLoadError(f"model {self.name!r}: its worker process answered {type(answer).__name__}")
+
+
+def _specs(ready: Ready) -> tuple[object, ...]:
+    return ready.platform, ready.inputs, ready.outputs
 
 
 def _end_broken(child: _Child, exc: BaseException, busy: str) -> None:
@@ -375,125 +366,3 @@ def _abandon(closed: threading.Event, slot: _Slot) -> None:
     closed.set()
     if slot.child is not None and slot.child.process.poll() is None:
         slot.child.process.kill()
-
-
-class ProcessRunner:
-    """A Runner (modelbay.loading.runner) whose forward pass runs in the model's worker process:
-    input arrays [batch, ...] travel there and the output arrays back, one round trip per call.
-
-    platform, inputs, outputs, output_keys: as the worker's model reports them once set up.
-    Calling it raises what ModelProcess.call raises.
-    """
-
-    def __init__(self, process: ModelProcess) -> None:
-        if process.ready is None:
-            raise ValueError("start the ModelProcess before building its runner")
-        self.process = process
-        self.platform = process.ready.platform
-        self.inputs = list(process.ready.inputs)
-        self.outputs = list(process.ready.outputs)
-        self.output_keys = process.ready.output_keys
-
-    def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        ran = self.process.call(Run(arrays), Ran)
-        if ran.output_keys is not None:
-            self.output_keys = ran.output_keys
-        return ran.arrays
-
-    def close(self) -> None:
-        """End the worker process."""
-        self.process.close()
-
-
-class _DefaultAnswer:
-    """What `ProcessPredictor.default_output` gives: a stand-in for the finished default answer."""
-
-
-_DEFAULT = _DefaultAnswer()
-
-
-class ProcessPredictor(Predictor):
-    """A predict.py folder served from its worker process; this side never imports the handler.
-
-    `preprocess` and `decode_tensors` only tag the request's raw item with its door; `predict`
-    sends the whole batch in one round trip, and the worker preprocesses (or decodes), predicts
-    and postprocesses (or encodes) each item; `postprocess` and `encode_tensors` hand the
-    finished output on, or raise the item's own failure from the worker (InvalidInput stays 400).
-    platform, inputs, outputs come from the worker at start. The hooks here are cheap, so they run
-    on the event loop (preprocess_in_thread False): the real ones run in the worker, inside the batch.
-    Refused at load (ModelLoadError): a handler that overrides `rows` (rows are counted before
-    the batch forms, the worker preprocesses only inside it), and a `batching.default_output`
-    that the handler's default_output / postprocess / encode_tensors do not take (the worker
-    finishes the default answer once, at start; it stands for an item of one row).
-    """
-
-    preprocess_in_thread = False
-
-    def __init__(self, process: ModelProcess) -> None:
-        ready = process.ready
-        if ready is None:
-            raise ValueError("start the ModelProcess before building its predictor")
-        if ready.custom_rows:
-            raise ModelLoadError(
-                f"model {process.name!r}: predict.py defines rows(), which a worker process cannot "
-                "count before the batch forms; serve it without worker_process"
-            )
-        self.process = process
-        self.platform = ready.platform
-        self.inputs = list(ready.inputs)
-        self.outputs = list(ready.outputs)
-        self._default = ready.default
-
-    def setup(self, model_dir: Path | None) -> None:
-        """Nothing to do: the worker set the model up when it started."""
-
-    def preprocess(self, example: Any) -> Item:
-        """The simple door's example, tagged. Raises ModelNotReady (503) while the worker is down."""
-        self._check_serving()
-        return Item("simple", example)
-
-    def decode_tensors(self, tensors: dict[str, np.ndarray]) -> Item:
-        """The OIP door's named input tensors, tagged. Raises ModelNotReady while the worker is down."""
-        self._check_serving()
-        return Item("oip", tensors)
-
-    def predict(self, batch: list[Any]) -> list[Any]:
-        """The batch's finished outputs from the worker, one per item, in order (one round trip)."""
-        handled: Handled = self.process.call(Handle(batch), Handled)
-        if len(handled.outputs) != len(batch):
-            raise FramingError(f"the worker answered {len(handled.outputs)} outputs for {len(batch)} items")
-        return handled.outputs
-
-    def postprocess(self, output: Any) -> Any:
-        """The simple door's finished prediction; raises the item's failure from the worker."""
-        if output is _DEFAULT:
-            assert self._default is not None
-            return self._default[0]
-        if isinstance(output, Failure):
-            raise output.exception()
-        return output
-
-    def encode_tensors(self, output: Any) -> dict[str, np.ndarray]:
-        """The OIP door's finished output tensors; raises the item's failure from the worker."""
-        if output is _DEFAULT:
-            assert self._default is not None
-            return self._default[1]
-        if isinstance(output, Failure):
-            raise output.exception()
-        encoded: dict[str, np.ndarray] = output
-        return encoded
-
-    def default_output(self, value: Any, rows: int) -> Any:
-        """Stands in for the default answer the worker finished at start (one row: rows is always 1
-        here). Raises ModelLoadError when the worker has none (no default_output when it started)."""
-        if self._default is None:
-            raise ModelLoadError(f"model {self.process.name!r}: its worker process has no default output")
-        return _DEFAULT
-
-    def close(self) -> None:
-        """End the worker process."""
-        self.process.close()
-
-    def _check_serving(self) -> None:
-        if not self.process.serving:
-            raise ModelNotReady(f"model {self.process.name!r} is not ready: its worker process is restarting")

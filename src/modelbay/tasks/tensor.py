@@ -176,7 +176,7 @@ class TensorPredictor(Predictor):
         return rows
 
     def close(self) -> None:
-        """Close the runner when it holds a process (modelbay.runtime.model_process.ProcessRunner)."""
+        """Close the runner when it holds a process (modelbay.runtime.process_predictors.ProcessRunner)."""
         close = getattr(self.runner, "close", None)
         if close is not None:
             close()
