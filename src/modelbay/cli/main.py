@@ -368,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(__version__)
         return 0
-    if args.command in ("models", "load", "unload"):
+    if args.command in ("models", "load", "unload", "deploy", "default"):
         try:
             url = args.url or default_url(environment())
         except ModelLoadError as exc:

@@ -1,11 +1,15 @@
-"""`modelbay models`, `modelbay load MODEL`, `modelbay unload MODEL`: a running server's model
-repository, through the OIP model repository extension (REST)."""
+"""`modelbay models`, `load MODEL`, `unload MODEL`, `deploy FOLDER`, `default MODEL [VERSION]`:
+a running server's model repository, through the OIP model repository extension (REST or gRPC;
+`default` is modelbay's own REST route)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +21,7 @@ URL_HELP = "server URL (default: http://MODELBAY_HOST:MODELBAY_PORT, else http:/
 
 
 def add_parsers(commands: Any) -> None:
-    """Add the three commands to the `modelbay` subparsers `commands`."""
+    """Add the repository commands to the `modelbay` subparsers `commands`."""
     models = commands.add_parser(
         "models",
         help="list a running server's model versions and their states",
@@ -34,10 +38,34 @@ def add_parsers(commands: Any) -> None:
         command = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         command.add_argument("model", metavar="MODEL")
         command.add_argument("--url", help=URL_HELP)
+    deploy = commands.add_parser(
+        "deploy",
+        help="send a model folder to a running server as a new version, and load it",
+        description="Send every file of FOLDER (model file, modelbay.yaml and/or predict.py, "
+        "requirements.txt, other files) as a new version of a model in the server's model "
+        "repository (`modelbay serve --model-repository`), then load it; returns once it serves. "
+        "Symlinks and dot files are refused.",
+    )
+    deploy.add_argument("folder", metavar="FOLDER", type=Path)
+    deploy.add_argument("--name", help="model name (default: the folder's name)")
+    deploy.add_argument(
+        "--version", help="version number (default: one more than the model's highest version, else 1)"
+    )
+    deploy.add_argument("--url", help=URL_HELP)
+    default = commands.add_parser(
+        "default",
+        help="choose the version of MODEL answering calls that name no version",
+        description="Make VERSION of MODEL answer the calls that name no version (roll back, roll "
+        "forward); without VERSION, its highest version again.",
+    )
+    default.add_argument("model", metavar="MODEL")
+    default.add_argument("version", metavar="VERSION", nargs="?")
+    default.add_argument("--url", help=URL_HELP)
 
 
 def run(args: argparse.Namespace, url: str) -> int:
-    """Run `models`, `load` or `unload` against `url`; exit status 1 when the server refused."""
+    """Run a repository command against `url`; exit status 1 when the server refused (or, for
+    deploy, when FOLDER cannot be sent)."""
     try:
         with Client(url, timeout_s=600.0) as client:
             if args.command == "models":
@@ -46,13 +74,66 @@ def run(args: argparse.Namespace, url: str) -> int:
             elif args.command == "load":
                 client.load_model(args.model)
                 print(f"model {args.model!r} loaded")
-            else:
+            elif args.command == "unload":
                 client.unload_model(args.model)
                 print(f"model {args.model!r} unloaded")
-    except (ModelbayError, httpx.HTTPError) as exc:
+            elif args.command == "deploy":
+                _deploy(client, args.folder, args.name, args.version)
+            else:
+                version = client.set_default_version(args.model, args.version)
+                print(f"model {args.model!r}: calls that name no version go to version {version}")
+    except (ModelbayError, httpx.HTTPError, ValueError, OSError) as exc:
         print(f"modelbay: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _deploy(client: Client, folder: Path, name: str | None, version: str | None) -> None:
+    """Send `folder` as `version` of model `name` and load it, printing what was sent."""
+    files = folder_files(folder)
+    name = name or folder.resolve().name
+    version = version or next_version(client.repository_index(), name)
+    sent = {f"{version}/{path}": data for path, data in files.items()}
+    total = sum(len(data) for data in sent.values())
+    print(f"sending model {name!r} version {version}: {len(sent)} files, {total:,} bytes")
+    width = max(len(path) for path in sent)
+    for path, data in sent.items():
+        print(f"  {path.ljust(width)}  {len(data):>13,} bytes")
+    client.load_model(name, files=sent)
+    print(f"model {name!r} version {version} deployed and serving")
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    """Every regular file under `folder` by its path relative to it ("/"-separated), sorted.
+
+    Raises ValueError for a folder that is missing or holds no file, a symlink (the server
+    never follows one, so it is not sent as a copy either) or a dot file or folder (the server
+    refuses them: the repository scan skips them), naming the first one found.
+    """
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder; deploy sends a model folder")
+    files: dict[str, bytes] = {}
+    for root, folders, names in os.walk(folder):
+        for entry in sorted(folders) + sorted(names):
+            path = Path(root) / entry
+            if entry.startswith("."):
+                raise ValueError(f"{path}: dot files and folders are not sent (the server refuses them)")
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                raise ValueError(f"{path} is a symlink; copy the file it points to into the folder")
+            if entry in names and not stat.S_ISREG(mode):
+                raise ValueError(f"{path} is not a regular file")
+            if entry in names:
+                files[path.relative_to(folder).as_posix()] = path.read_bytes()
+    if not files:
+        raise ValueError(f"{folder} holds no file to send")
+    return dict(sorted(files.items()))
+
+
+def next_version(rows: list[dict[str, str]], name: str) -> str:
+    """One more than the highest numbered version of `name` in the repository index, else "1"."""
+    numbers = [int(row["version"]) for row in rows if row["name"] == name and row["version"].isdigit()]
+    return str(max(numbers, default=0) + 1)
 
 
 def _table(rows: list[dict[str, str]]) -> str:
