@@ -202,7 +202,9 @@ class Server:
                     await grpc_server.stop(grace)
                 await dataplane.stop()
 
-        served = create_app(dataplane, settings.max_body_bytes, lifespan)
+        served = create_app(
+            dataplane, settings.max_body_bytes, lifespan, max_upload_bytes=settings.max_upload_bytes
+        )
         return served
 
     def tune_process(self) -> None:

@@ -204,3 +204,16 @@ async def test_poll_mode_loads_a_version_once_its_files_stay_the_same(
 def test_settings_refuse_an_unknown_control_mode() -> None:
     with pytest.raises(msgspec.ValidationError, match="model_control_mode must be one of"):
         Settings(model_control_mode="sometimes")
+
+
+async def test_a_model_name_never_reaches_outside_the_repository(
+    tmp_path: Path, version_files: dict[str, Path]
+) -> None:
+    repository = tmp_path / "models"
+    add_version(repository, "tiny", "1", version_files)
+    add_version(tmp_path, "outside", "1", version_files)  # beside the repository, not in it
+    async with live(repository) as (_, dataplane):
+        for name in ("../outside", "tiny/../../outside", "..", ".hidden"):
+            with pytest.raises(ModelNotFound):
+                await dataplane.load_model(name)
+        assert [model.name for model in dataplane.registry] == ["tiny"]

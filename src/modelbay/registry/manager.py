@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from modelbay.errors import InvalidInput, ModelbayError, ModelLoadError, ModelNo
 from modelbay.loading import LoadedModel, load_model
 from modelbay.registry.registry import ModelRegistry, ServedModel, version_key
 from modelbay.registry.repository import Fingerprint, ModelRepository
+from modelbay.registry.upload import write_versions
 
 if TYPE_CHECKING:
     from modelbay.runtime.dataplane import Dataplane
@@ -276,13 +278,9 @@ class ModelManager:
                 "this server has no model repository to write an uploaded model into; start it with "
                 "`modelbay serve --model-repository FOLDER`"
             )
-        size = sum(len(data) for data in files.values())
-        if size > self.max_upload_bytes:
-            raise InvalidInput(f"the upload holds {size} bytes; at most {self.max_upload_bytes} are accepted")
-        from modelbay.registry.upload import write_versions
-
         folder = self.repository.model_folder(name)
-        written = await asyncio.to_thread(write_versions, folder, files, config)
+        write = functools.partial(write_versions, max_bytes=self.max_upload_bytes)
+        written = await asyncio.to_thread(write, folder, files, config)
         log.info("model %r: wrote uploaded versions %s into %s", name, written, folder)
 
     async def _unload(self, served: list[ServedModel]) -> None:

@@ -20,8 +20,9 @@ from typing import Any
 
 import msgspec
 
-from modelbay.errors import ModelLoadError, ModelNotFound
+from modelbay.errors import InvalidInput, ModelLoadError, ModelNotFound
 from modelbay.loading.detect import HANDLER_NAME
+from modelbay.registry.upload import check_name
 from modelbay.settings import (
     MANIFEST_NAME,
     ModelConfig,
@@ -65,9 +66,14 @@ class ModelRepository:
         return self.root / name
 
     def has(self, name: str) -> bool:
-        """True when `name` is a model on disk now."""
+        """True when `name` is a model on disk now (a name that is not one path component, or
+        starts with a dot, never is: nothing outside the repository is read)."""
+        try:
+            check_name(name)
+        except InvalidInput:
+            return False
         folder = self.model_folder(name)
-        return folder.is_dir() and not folder.name.startswith(".") and bool(_versions(folder, strict=False))
+        return folder.is_dir() and bool(_versions(folder, strict=False))
 
     def versions(self, name: str, config: Mapping[str, Any] | None = None) -> dict[str, RepositoryVersion]:
         """Every version of `name` on disk with its complete settings: its folder's modelbay.yaml
