@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -228,12 +229,75 @@ def test_model_repository_index_unload_and_load_over_grpc(grpc: Any, triton_stub
     assert grpc_index(triton_stub, ready=True) == {n: ("1", "READY") for n in served}
 
 
-def test_load_with_a_config_override_or_files_is_refused_over_grpc(grpc: Any) -> None:
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """`modelbay serve --model-repository` over an empty folder: tritonclient's HTTP and gRPC
+    clients of it, by transport name."""
+    repository = tmp_path_factory.mktemp("live")
+    grpc_port = free_port()
+    with modelbay_serve("--model-repository", str(repository), "--grpc-port", str(grpc_port)) as url:
+        clients = {
+            "http": httpclient.InferenceServerClient(url.removeprefix("http://")),
+            "grpc": grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}"),
+        }
+        yield clients
+        for client in clients.values():
+            client.close()
+
+
+def index_of(client: Any, name: str) -> list[tuple[str, str]]:
+    """(version, state) of each version of `name` in tritonclient's repository index."""
+    rows = client.get_model_repository_index()
+    if not isinstance(rows, list):  # gRPC: a RepositoryIndexResponse
+        rows = [{"name": m.name, "version": m.version, "state": m.state} for m in rows.models]
+    return [(row["version"], row["state"]) for row in rows if row["name"] == name]
+
+
+def onnx_infer(client: Any, module: Any, name: str, x: np.ndarray, version: str = "") -> np.ndarray:
+    tensor = module.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return np.asarray(client.infer(name, [tensor], model_version=version).as_numpy("y"))
+
+
+def refusal(call: Any) -> str:
     with pytest.raises(InferenceServerException) as err:
-        grpc.load_model("spare", config="{}", files={"file:1/model.pt2": b"x"})
-    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert err.value.message() == (
-        "loading a model sent with the request (config, file:1/model.pt2) is not supported yet; "
-        "load a model the server already knows by name"
-    )
-    assert grpc.is_model_ready("spare")
+        call()
+    return f"{err.value.status()} {err.value.message()}"
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_tritonclient_uploads_a_model_loads_and_unloads_it(
+    live: dict[str, Any], tiny_files: dict[str, Path], tiny: torch.nn.Module, transport: str
+) -> None:
+    client, module = live[transport], grpcclient if transport == "grpc" else httpclient
+    name = f"uploaded-{transport}"
+    onnx = tiny_files["onnx"].read_bytes()
+    config = json.dumps({"batching": {"max_batch_size": 4, "max_queue_delay_ms": 1}})
+    x = np.arange(8, dtype=np.float32).reshape(2, 4) / 8
+    expected = tiny(torch.from_numpy(x)).detach().numpy()
+
+    client.load_model(name, config=config, files={"file:1/model.onnx": onnx})
+    assert index_of(client, name) == [("1", "READY")]
+    assert client.is_model_ready(name, "1")
+    np.testing.assert_allclose(onnx_infer(client, module, name, x), expected, atol=1e-5)
+
+    client.load_model(name, config=config, files={"file:2/model.onnx": onnx})
+    assert index_of(client, name) == [("1", "READY"), ("2", "READY")]
+    np.testing.assert_allclose(onnx_infer(client, module, name, x, "2"), expected, atol=1e-5)
+
+    client.unload_model(name)
+    assert index_of(client, name) == [("1", "UNAVAILABLE"), ("2", "UNAVAILABLE")]
+    assert not client.is_model_ready(name)
+    client.load_model(name)  # plain: the versions on disk, read again
+    assert index_of(client, name) == [("1", "READY"), ("2", "READY")]
+    np.testing.assert_allclose(onnx_infer(client, module, name, x, "1"), expected, atol=1e-5)
+
+    codes = {"http": "400", "grpc": "StatusCode.INVALID_ARGUMENT"}
+    message = refusal(lambda: client.load_model(name, files={"file:2/model.onnx": onnx}))
+    assert message.startswith(codes[transport])
+    assert f"version 2 of '{name}' exists; versions are immutable: deploy a new version" in message
+    message = refusal(lambda: client.load_model(name, files={"file:3/../../../escape": b"x"}))
+    assert message.startswith(codes[transport]) and "is not allowed" in message
+    message = refusal(lambda: client.load_model(name, config="[]", files={"file:3/model.onnx": onnx}))
+    assert message.startswith(codes[transport]) and "must be a JSON object" in message
+    assert index_of(client, name) == [("1", "READY"), ("2", "READY")]
