@@ -272,10 +272,10 @@ def _build(lines: list[str], server: ServerEnvironment, root: Path, key: str, so
 def _resolve(work: Path, server: ServerEnvironment, source: Path) -> list[tuple[str, str]]:
     """(name, version) of each package the requirements need that the server does not have.
 
-    A dry run of an install into the server's environment (nothing is installed; uv only locks its
-    `.lock` file there), every
-    installed distribution pinned by constraints.txt; raises ModelLoadError with uv's reason if
-    there is no solution, or if the plan would change a package of the server's.
+    A dry run of an install into the server's environment, every installed distribution pinned by
+    constraints.txt (nothing is installed there; uv only takes its `.lock` file). Raises
+    ModelLoadError with uv's reason if there is no solution, or if the plan would change a package
+    of the server's.
     """
     args = ["pip", "install", "--dry-run", "--output-format", "json", "--python", server.python]
     args += ["-r", str(work / "requirements.txt"), "-c", str(work / "constraints.txt")]
