@@ -22,6 +22,7 @@ from modelbay.runtime.context import ClientGone, RequestContext
 from modelbay.runtime.dataplane import Dataplane
 
 BINARY_HEADER = "inference-header-content-length"
+ROUTING_KEY = "modelbay-routing-key"  # what a traffic split keeps on one version (RequestContext)
 _JSON = [(b"content-type", b"application/json")]
 _BINARY = (b"content-type", b"application/octet-stream")
 _BINARY_HEADER = BINARY_HEADER.encode()
@@ -65,7 +66,7 @@ class InferenceRoutes:
             if kind == "predict":
                 status, extra, body = 200, _JSON, await self._predict(scope, receive, headers, model, version)
             else:
-                status, extra, body = await self._infer(receive, headers, model, version)
+                status, extra, body = await self._infer(scope, receive, headers, model, version)
         except (ClientDisconnect, ClientGone):
             return
         except Exception as exc:
@@ -84,8 +85,7 @@ class InferenceRoutes:
     ) -> bytes:
         body = await read_body(receive, headers, self.max_body_bytes)
         examples, single = await predict_examples(scope, headers, body)
-        context = RequestContext(watch=functools.partial(_client_gone, receive))
-        result = await self.dataplane.predict(model, version, examples, context)
+        result = await self.dataplane.predict(model, version, examples, _context(scope, receive, headers))
         predictions = result.predictions[0] if single else result.predictions
         answer = {"model": result.model, "version": result.version, "predictions": predictions}
         if result.defaults:
@@ -93,13 +93,12 @@ class InferenceRoutes:
         return encode_json(answer)
 
     async def _infer(
-        self, receive: Receive, headers: dict[str, str], model: str, version: str | None
+        self, scope: Scope, receive: Receive, headers: dict[str, str], model: str, version: str | None
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         header_length = _header_length(headers)
         body = await read_body(receive, headers, self.max_body_bytes)
         request, binary = oip_json.decode_request(body, model, version, header_length)
-        context = RequestContext(watch=functools.partial(_client_gone, receive))
-        response = await self.dataplane.infer(request, context)
+        response = await self.dataplane.infer(request, _context(scope, receive, headers))
         content, json_length = oip_json.encode_response(response, binary)
         if json_length is None:
             return 200, _JSON, content
@@ -108,6 +107,17 @@ class InferenceRoutes:
             [_BINARY, (_BINARY_HEADER, str(json_length).encode())],
             content,
         )
+
+
+def _context(scope: Scope, receive: Receive, headers: dict[str, str]) -> RequestContext:
+    """The request's context: its client watched through `receive`, who called, its trace and routing key."""
+    client = scope.get("client")
+    return RequestContext(
+        watch=functools.partial(_client_gone, receive),
+        caller=client[0] if client else "",
+        trace=headers.get("traceparent"),
+        routing_key=headers.get(ROUTING_KEY),
+    )
 
 
 def _header_length(headers: dict[str, str]) -> int | None:

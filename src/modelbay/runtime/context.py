@@ -1,10 +1,11 @@
 """One request's context: the door creates it, the core reads and enforces it.
 
-It carries the request's deadline and the means to end the request early for a reason: its
-deadline passed (DeadlineExceeded, 504), its client went away (ClientGone: nothing to answer),
-or the server's drain deadline passed (Unavailable, 503). Ending a request cancels the asyncio task
-that serves it, so whatever it awaits is cancelled with it: a request still queued in a batcher
-leaves the queue at once and never runs (issue 9, items 2 and 3).
+It says who called, the trace it belongs to, its routing key and parameters (what access rules,
+traffic splits and traces read), and it carries the request's deadline and the means to end the
+request early for a reason: its deadline passed (DeadlineExceeded, 504), its client went away
+(ClientGone: nothing to answer), or the server's drain deadline passed (Unavailable, 503). Ending a
+request cancels the asyncio task that serves it, so whatever it awaits is cancelled with it: a
+request still queued in a batcher leaves the queue at once and never runs (issue 9, items 2, 3).
 
 No timer is armed per request: the dataplane sweeps the requests in flight a few times a second
 (`Dataplane.SWEEP_S`), ending those past their deadline and letting the door watch the client of
@@ -34,19 +35,46 @@ class RequestContext:
               when the request is still unanswered `WATCH_AFTER_S` after it began), it returns
               True when the client left, and the request is then ended with ClientGone. None:
               nothing to watch.
+    caller:   who sent the request, as the door knows it (the client's address; an API key's name
+              once keys exist): what access rules and logs name.
+    trace:    the W3C `traceparent` the client sent (https://www.w3.org/TR/trace-context/), or None.
+    routing_key: what a traffic split keeps together (the `modelbay-routing-key` header), or None.
+    parameters: request parameters a door passes on to the core (none of the doors does yet), {}.
     started:  `time.monotonic()` when the dataplane took the request.
     task:     the asyncio task serving the request; the dataplane fills it in.
     watcher:  the task awaiting `watch`, once started.
     reason:   why the request was ended early, once it was (see `end`).
     """
 
-    __slots__ = ("deadline", "reason", "started", "task", "watch", "watcher")
+    __slots__ = (
+        "caller",
+        "deadline",
+        "parameters",
+        "reason",
+        "routing_key",
+        "started",
+        "task",
+        "trace",
+        "watch",
+        "watcher",
+    )
 
     def __init__(
-        self, deadline: float | None = None, watch: Callable[[], Awaitable[bool]] | None = None
+        self,
+        deadline: float | None = None,
+        watch: Callable[[], Awaitable[bool]] | None = None,
+        *,
+        caller: str = "",
+        trace: str | None = None,
+        routing_key: str | None = None,
+        parameters: dict[str, Any] | None = None,
     ) -> None:
         self.deadline = deadline
         self.watch = watch
+        self.caller = caller
+        self.trace = trace
+        self.routing_key = routing_key
+        self.parameters = parameters if parameters is not None else {}
         self.started = 0.0
         self.task: asyncio.Task[Any] | None = None
         self.watcher: asyncio.Task[None] | None = None

@@ -219,36 +219,27 @@ class Dataplane:
         unknown requested output), Overloaded, DeadlineExceeded, InferenceFailed (the model failed),
         or the reason the request was ended.
         """
-        started = time.perf_counter()
-        model = None
-        try:
-            model = self._ready_model(request.model_name, request.model_version)
-            if model.cache is None:
-                outputs, defaulted = await self._within(context, model, _infer(model, request.inputs))
-            else:
-                key = request_key(
-                    [
-                        "infer",
-                        *(part for name in sorted(request.inputs) for part in (name, request.inputs[name])),
-                    ]
-                )
-                compute = _cached(
-                    model, key, lambda: _infer(model, request.inputs), keep=lambda answer: not answer[1]
-                )
-                outputs, defaulted = await self._within(context, model, compute)
-            if request.outputs is not None:
-                unknown = [name for name in request.outputs if name not in outputs]
-                if unknown:
-                    raise InvalidInput(f"unknown requested output(s) {unknown}; model has {sorted(outputs)}")
-                outputs = {name: outputs[name] for name in request.outputs}
-        except Exception as exc:
-            self._record(model, "infer", started, exc)
-            raise
-        self._record(model, "infer", started, None)
-        if not defaulted:
-            return InferenceResponse(model.name, model.version, outputs, request.id)
-        _count_defaults(model, 1)
-        return InferenceResponse(model.name, model.version, outputs, request.id, {"default_output": True})
+        inputs, wanted = request.inputs, request.outputs
+
+        def key() -> bytes:
+            return request_key(["infer", *(part for name in sorted(inputs) for part in (name, inputs[name]))])
+
+        def pick(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if wanted is None:
+                return outputs
+            unknown = [name for name in wanted if name not in outputs]
+            if unknown:
+                raise InvalidInput(f"unknown requested output(s) {unknown}; model has {sorted(outputs)}")
+            return {name: outputs[name] for name in wanted}
+
+        def compute(model: ServedModel) -> Awaitable[tuple[dict[str, np.ndarray], bool]]:
+            return _infer(model, inputs)
+
+        model, outputs, defaults = await self._serve(
+            "infer", request.model_name, request.model_version, context, compute, key, pick
+        )
+        parameters = {"default_output": True} if defaults else None
+        return InferenceResponse(model.name, model.version, outputs, request.id, parameters)
 
     async def predict(
         self, name: str, version: str | None, examples: list[Any], context: RequestContext | None = None
@@ -259,28 +250,53 @@ class Dataplane:
         `max_queue_size` (more: PayloadTooLarge, 413), queued together or not at all.
         Raises what `infer` raises.
         """
+
+        def compute(model: ServedModel) -> Awaitable[tuple[list[Any], list[int]]]:
+            if not examples:
+                raise InvalidInput("the request has no examples; send at least one")
+            model.batcher.check_count(len(examples))  # before preprocessing them all
+            return _predict(model, examples)
+
+        model, predictions, defaults = await self._serve(
+            "predict", name, version, context, compute, lambda: request_key(["predict", *examples])
+        )
+        return PredictResult(model.name, model.version, predictions, defaults)
+
+    async def _serve(
+        self,
+        door: str,
+        name: str,
+        version: str | None,
+        context: RequestContext | None,
+        compute: Callable[[ServedModel], Awaitable[tuple[Any, Any]]],
+        key: Callable[[], bytes],
+        finish: Callable[[Any], Any] | None = None,
+    ) -> tuple[ServedModel, Any, Any]:
+        """The one request pipeline of both doors: the model looked up, the answer taken from its
+        cache or computed (`compute`: the answer and its default outputs, falsy when none) within
+        the request's deadline (`_within`), `finish`ed, counted in the model's metrics.
+
+        Returns (the model that answered, the answer, its default outputs). Raises what `infer` raises.
+        """
         started = time.perf_counter()
         model = None
         try:
             model = self._ready_model(name, version)
-            if not examples:
-                raise InvalidInput("the request has no examples; send at least one")
-            model.batcher.check_count(len(examples))  # before preprocessing them all
             if model.cache is None:
-                predictions, defaults = await self._within(context, model, _predict(model, examples))
+                answer, defaults = await self._within(context, model, compute(model))
             else:
-                key = request_key(["predict", *examples])
-                compute = _cached(
-                    model, key, lambda: _predict(model, examples), keep=lambda answer: not answer[1]
-                )
-                predictions, defaults = await self._within(context, model, compute)
+                served = model
+                cached = _cached(served, key(), lambda: compute(served), keep=lambda answer: not answer[1])
+                answer, defaults = await self._within(context, model, cached)
+            if finish is not None:
+                answer = finish(answer)
         except Exception as exc:
-            self._record(model, "predict", started, exc)
+            self._record(model, door, started, exc)
             raise
-        self._record(model, "predict", started, None)
-        if defaults:
-            _count_defaults(model, len(defaults))
-        return PredictResult(model.name, model.version, predictions, defaults)
+        self._record(model, door, started, None)
+        if defaults and model.metrics is not None:
+            model.metrics.default_outputs.inc(1 if defaults is True else len(defaults))
+        return model, answer, defaults
 
     async def _within(self, context: RequestContext | None, model: ServedModel, work: Awaitable[Any]) -> Any:
         """Await `work` as one request: ended at its deadline, by its client, or by the drain.
@@ -375,11 +391,6 @@ async def _predict(model: ServedModel, examples: list[Any]) -> tuple[list[Any], 
         outputs = [y.value if isinstance(y, DefaultOutput) else y for y in outputs]
     predictions = [await _call(model, post, y) if in_thread else _hook(model, post, y) for y in outputs]
     return predictions, defaults
-
-
-def _count_defaults(model: ServedModel, count: int) -> None:
-    if model.metrics is not None:
-        model.metrics.default_outputs.inc(count)
 
 
 async def _cached(
