@@ -26,6 +26,7 @@ from modelbay.loading.detect import HANDLER_NAME, Format, detect
 from modelbay.loading.handler import load_handler
 from modelbay.loading.runner import Runner
 from modelbay.predictor import Predictor
+from modelbay.runtime.environments import ensure_environment
 from modelbay.runtime.model_process import ModelProcess
 from modelbay.runtime.process_predictors import ProcessPredictor, ProcessRunner
 from modelbay.settings import MANIFEST_NAME, ModelConfig, model_config, model_entry
@@ -39,6 +40,7 @@ LOADERS: dict[Format, Callable[[Path, ModelConfig], Runner]] = {
     Format.ONNX: onnx.load,
 }
 
+REQUIREMENTS_NAME = "requirements.txt"  # a model folder's own Python packages (runtime/environments.py)
 WEIGHT_SUFFIXES = (".pt2", ".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".onnx", ".ts")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _P = TypeVar("_P", bound=Predictor)
@@ -57,14 +59,16 @@ class LoadedModel:
         return self.config.name or "model"
 
 
-def load_model(entry: ModelConfig | Mapping[str, Any]) -> LoadedModel:
+def load_model(entry: ModelConfig | Mapping[str, Any], *, in_worker: bool = False) -> LoadedModel:
     """Build the predictor for one model (`path` is required).
 
     entry: a ModelConfig, complete as `Settings.load` makes it (a model folder's modelbay.yaml is
            not read again), or a raw `models:` entry dict, merged over the folder's modelbay.yaml
            here as `Settings.load` would (`model_entry`).
-    With `worker_process`, the model's worker process is started here and has loaded and set up
-    the model when this returns (ModelProcess.start); the predictor's `close()` ends it.
+    With `worker_process`, or a requirements.txt in the model folder (its own environment, built
+    or reused here), the model's worker process is started here and has loaded and set up the
+    model when this returns (ModelProcess.start); the predictor's `close()` ends it.
+    in_worker: True in that worker process: the model is built here (its environment is this one).
     Raises ModelLoadError saying what was found and what to do when anything cannot be loaded.
     """
     if isinstance(entry, Mapping):
@@ -76,15 +80,18 @@ def load_model(entry: ModelConfig | Mapping[str, Any]) -> LoadedModel:
     path = Path(entry.path).expanduser()
     if path.is_dir() and detect(path) is Format.FOLDER:
         config = _named(entry, path.resolve().name, str(path / MANIFEST_NAME))
+        python = None if in_worker else _environment(path)
+        if python is not None:
+            config = msgspec.structs.replace(config, worker_process=True)
         if (path / HANDLER_NAME).is_file():
             if config.worker_process:
-                return LoadedModel(config, _in_worker(config, "handler", ProcessPredictor), path)
+                return LoadedModel(config, _in_worker(config, "handler", ProcessPredictor, python), path)
             handler = load_handler(
                 path / HANDLER_NAME, tensor_specs(config.inputs), tensor_specs(config.outputs)
             )
             return LoadedModel(config, handler, path)
         weights = path / config.weights if config.weights else _find_weights(path)
-        return LoadedModel(config, _build(weights, config), path)
+        return LoadedModel(config, _build(weights, config, python), path)
     config = _named(entry, path.name.split(".")[0], str(path))
     return LoadedModel(config, _build(path, config), None)
 
@@ -101,7 +108,16 @@ def _named(config: ModelConfig, default: str, source: str) -> ModelConfig:
     return config
 
 
-def _build(path: Path, config: ModelConfig) -> Predictor:
+def _environment(folder: Path) -> str | None:
+    """The python of the model's own environment when its folder has a requirements.txt (built or
+    reused: runtime/environments.py), else None. Raises ModelLoadError."""
+    requirements = folder / REQUIREMENTS_NAME
+    if not requirements.is_file():
+        return None
+    return str(ensure_environment(requirements))
+
+
+def _build(path: Path, config: ModelConfig, python: str | None = None) -> Predictor:
     if config.format is not None:
         try:
             fmt = Format(config.format)
@@ -116,17 +132,24 @@ def _build(path: Path, config: ModelConfig) -> Predictor:
         raise ModelLoadError(f"{path}: format {fmt.value} is not a model file")
     if config.worker_process:
         return _in_worker(
-            config, "runner", lambda process: make_predictor(config, ProcessRunner(process), path.parent)
+            config,
+            "runner",
+            lambda process: make_predictor(config, ProcessRunner(process), path.parent),
+            python,
         )
     return make_predictor(config, loader(path, config), path.parent)
 
 
 def _in_worker(
-    config: ModelConfig, role: Literal["runner", "handler"], build: Callable[[ModelProcess], _P]
+    config: ModelConfig,
+    role: Literal["runner", "handler"],
+    build: Callable[[ModelProcess], _P],
+    python: str | None = None,
 ) -> _P:
-    """Start the model's worker process (it loads the model), then `build` the predictor over it;
-    the worker is ended if that fails. Raises ModelLoadError."""
-    process = ModelProcess(config, role)
+    """Start the model's worker process (it loads the model; with `python`, the interpreter of the
+    model's own environment), then `build` the predictor over it; the worker is ended if that
+    fails. Raises ModelLoadError."""
+    process = ModelProcess(config, role, python=python) if python else ModelProcess(config, role)
     process.start()
     try:
         return build(process)

@@ -145,7 +145,7 @@ def _checked(outputs: Any, count: int) -> list[Any]:
 def load(start: Start) -> RunnerWorker | HandlerWorker:
     """Load and set up the model that `start` describes. Raises whatever loading raises."""
     config = msgspec.json.decode(start.config, type=ModelConfig)
-    loaded = load_model(msgspec.structs.replace(config, worker_process=False))
+    loaded = load_model(msgspec.structs.replace(config, worker_process=False), in_worker=True)
     loaded.predictor.setup(loaded.model_dir)
     if start.role == "runner":
         return RunnerWorker(loaded.predictor)
