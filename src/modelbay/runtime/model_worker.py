@@ -8,8 +8,9 @@ the server closes the socket (exit 0).
 
 It never outlives its server: on Linux it asks for SIGKILL when the server thread that started it
 ends (PR_SET_PDEATHSIG, prctl(2): that thread lives as long as the model does, so the signal comes
-only with the server's end), and it exits when the socket closes. Ctrl-C in a terminal reaches the
-whole process group: the worker ignores SIGINT, its server stops it.
+only with the server's end), and it exits when the socket closes. It ignores SIGINT and SIGTERM:
+Ctrl-C in a terminal, or a service manager stopping the whole process group or cgroup, would
+otherwise end it while its server still drains its requests; the server closes it after them.
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, required=True, help="the server's process id")
     args = parser.parse_args(argv)
     _die_with_parent(args.parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     channel = Channel(socket.socket(fileno=args.fd))
     try:
