@@ -22,8 +22,9 @@ from modelbay.runtime.management import check_manager, is_loopback_host, load_re
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Translates OIP gRPC calls into Dataplane calls and errors into status codes (grpc/errors.py).
 
-    max_message_bytes: ModelInfer requests larger than this get INVALID_ARGUMENT (the gRPC runtime
-    itself refuses messages over twice this size with RESOURCE_EXHAUSTED before reading them).
+    max_message_bytes: ModelInfer and RepositoryModelLoad requests larger than this get
+    INVALID_ARGUMENT (the gRPC runtime itself refuses messages over twice this size with
+    RESOURCE_EXHAUSTED before reading them).
     """
 
     def __init__(self, dataplane: Dataplane, max_message_bytes: int) -> None:
