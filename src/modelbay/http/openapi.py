@@ -299,7 +299,11 @@ def _repository_paths() -> dict[str, Any]:
     parameters_body = {
         "type": "object",
         "properties": {
-            "parameters": {"type": "object", "description": "config and file:* not supported yet"}
+            "parameters": {
+                "type": "object",
+                "description": "load: config (a JSON object of modelbay.yaml fields, as a string) and "
+                "file:<version>/<path> (a file's content in base64): a model sent with the load",
+            }
         },
     }
 
@@ -337,6 +341,34 @@ def _repository_paths() -> dict[str, Any]:
             "Load (or reload) a model the server knows; 200 once it serves", {"500": _ERROR}
         ),
         "/v2/repository/models/{model}/unload": change("Unload a model once its requests are done", {}),
+        "/v2/repository/models/{model}/default": {
+            "post": {
+                "summary": "Choose the version answering calls that name none (modelbay's own route)",
+                "tags": ["repository"],
+                "parameters": [_MODEL],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"version": {"type": ["string", "null"]}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
+                        }
+                    ),
+                    **refusals,
+                    "404": _ERROR,
+                },
+            }
+        },
     }
 
 
