@@ -3,7 +3,12 @@ the repository is served without a restart, by every worker process."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pty
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -67,3 +72,38 @@ def test_every_worker_process_follows_the_polled_repository(
         wait_for(lambda: {version_of(served.url) for _ in range(40)} == {"2"}, timeout_s=60)
         outputs = httpx.post(f"{served.url}/v2/models/tiny/infer", json=BODY).json()["outputs"][0]["data"]
         assert np.isfinite(outputs).all()
+
+
+SLOW = """
+import time
+
+
+class Slow:
+    def setup(self, model_dir):
+        time.sleep(3)  # a large model's weights, say
+
+    def predict(self, batch):
+        return batch
+"""
+
+
+def test_load_on_a_terminal_shows_the_versions_loading(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "slow" / "1").mkdir(parents=True)
+    (models / "slow" / "1" / "predict.py").write_text(SLOW)
+    with modelbay_serve(str(models)) as url:
+        shutil.copytree(models / "slow" / "1", models / "slow" / "2")
+        main, terminal = pty.openpty()  # `modelbay load` as a person runs it, on a terminal
+        command = [str(Path(sys.executable).parent / "modelbay"), "load", "slow", "--url", url]
+        environ = {**os.environ, "TERM": "xterm"}
+        process = subprocess.Popen(command, stdout=terminal, stderr=terminal, env=environ)
+        os.close(terminal)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the command has exited
+            while chunk := os.read(main, 4096):
+                shown += chunk
+        os.close(main)
+        assert process.wait(timeout=30) == 0
+    text = shown.decode(errors="replace")
+    assert "model 'slow': version 1 READY, version 2 LOADING" in text, text
+    assert "model 'slow' loaded" in text

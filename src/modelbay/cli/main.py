@@ -1,5 +1,5 @@
 """The `modelbay` command: `serve [PATH ...]`, `predict MODEL FILE...`, `models`, `load MODEL`,
-`unload MODEL` (cli/repository.py) and `version`."""
+`unload MODEL`, `deploy FOLDER`, `default MODEL [VERSION]` (cli/repository.py) and `version`."""
 
 from __future__ import annotations
 

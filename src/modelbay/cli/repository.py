@@ -5,14 +5,19 @@ a running server's model repository, through the OIP model repository extension 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import stat
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+from rich.console import Console
 
 from modelbay.client import Client
 from modelbay.errors import ModelbayError
@@ -72,13 +77,14 @@ def run(args: argparse.Namespace, url: str) -> int:
                 rows = client.repository_index(ready=args.ready)
                 print(json.dumps(rows) if args.json else _table(rows))
             elif args.command == "load":
-                client.load_model(args.model)
+                with progress(url, args.model):
+                    client.load_model(args.model)
                 print(f"model {args.model!r} loaded")
             elif args.command == "unload":
                 client.unload_model(args.model)
                 print(f"model {args.model!r} unloaded")
             elif args.command == "deploy":
-                _deploy(client, args.folder, args.name, args.version)
+                _deploy(client, url, args.folder, args.name, args.version)
             else:
                 version = client.set_default_version(args.model, args.version)
                 print(f"model {args.model!r}: calls that name no version go to version {version}")
@@ -88,7 +94,7 @@ def run(args: argparse.Namespace, url: str) -> int:
     return 0
 
 
-def _deploy(client: Client, folder: Path, name: str | None, version: str | None) -> None:
+def _deploy(client: Client, url: str, folder: Path, name: str | None, version: str | None) -> None:
     """Send `folder` as `version` of model `name` and load it, printing what was sent."""
     files = folder_files(folder)
     name = name or folder.resolve().name
@@ -99,8 +105,43 @@ def _deploy(client: Client, folder: Path, name: str | None, version: str | None)
     width = max(len(path) for path in sent)
     for path, data in sent.items():
         print(f"  {path.ljust(width)}  {len(data):>13,} bytes")
-    client.load_model(name, files=sent)
+    with progress(url, name):
+        client.load_model(name, files=sent)
     print(f"model {name!r} version {version} deployed and serving")
+
+
+@contextlib.contextmanager
+def progress(url: str, name: str, every_s: float = 0.5) -> Iterator[None]:
+    """While a load of model `name` runs on the server at `url`: on a terminal (stderr), a spinner
+    with the states of its versions from the repository index (LOADING while the server builds
+    one: its environment, its weights, its warm-up) and the seconds elapsed, refreshed every
+    `every_s` seconds; elsewhere nothing (the server's log says each step)."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield
+        return
+    done = threading.Event()
+    started = time.monotonic()
+    with console.status(f"loading model {name!r}") as status:
+
+        def watch() -> None:
+            with Client(url, timeout_s=5.0) as watcher:
+                while not done.wait(every_s):
+                    try:
+                        rows = [row for row in watcher.repository_index() if row["name"] == name]
+                    except (ModelbayError, httpx.HTTPError):
+                        continue
+                    states = ", ".join(f"version {row['version']} {row['state']}" for row in rows)
+                    elapsed = time.monotonic() - started
+                    status.update(f"model {name!r}: {states or 'sending'} ({elapsed:.0f} s)")
+
+        watcher = threading.Thread(target=watch, name="modelbay-progress", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            watcher.join(timeout=5.0)
 
 
 def folder_files(folder: Path) -> dict[str, bytes]:
