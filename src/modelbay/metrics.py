@@ -173,6 +173,7 @@ class ModelMetrics:
         self.cache_hit = metrics.cache.labels(model, version, "hit")
         self.cache_miss = metrics.cache.labels(model, version, "miss")
         self.default_outputs = metrics.default_outputs.labels(model, version)
+        self._failures: set[tuple[str, str]] = set()  # (door, error) pairs counted, for `forget`
         depth = metrics.queue_depth.labels(model, version)
         # A function is read at scrape time, in this process only; workers write a value instead.
         self._depth: Callable[[], None] | None = None
@@ -196,4 +197,23 @@ class ModelMetrics:
         if error is None:
             self._success[door].inc()
         else:
+            self._failures.add((door, type(error).__name__))
             self._metrics.requests.labels(*self._labels, door, type(error).__name__).inc()
+
+    def forget(self) -> None:
+        """Remove this model version's series: it was unloaded. Else its queue-depth function would
+        keep the unloaded model (weights and all) alive, and every new version would add series
+        for good. Not in multiprocess mode, where prometheus_client cannot remove them."""
+        if multiprocess_mode():
+            return
+        metrics, labels = self._metrics, self._labels
+        for family in (metrics.queue_wait, metrics.inference, metrics.batch_size, metrics.default_outputs):
+            family.remove(*labels)
+        metrics.queue_depth.remove(*labels)
+        for door in ("predict", "infer"):
+            metrics.request_duration.remove(*labels, door)
+            metrics.requests.remove(*labels, door, "success")
+        for door, error in self._failures:
+            metrics.requests.remove(*labels, door, error)
+        for result in ("hit", "miss"):
+            metrics.cache.remove(*labels, result)

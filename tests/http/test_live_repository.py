@@ -4,7 +4,9 @@ while the server answers; the model control modes; the default version."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import shutil
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -217,3 +219,20 @@ async def test_a_model_name_never_reaches_outside_the_repository(
             with pytest.raises(ModelNotFound):
                 await dataplane.load_model(name)
         assert [model.name for model in dataplane.registry] == ["tiny"]
+
+
+async def test_an_unloaded_version_is_freed_and_its_series_dropped(
+    tmp_path: Path, version_files: dict[str, Path]
+) -> None:
+    add_version(tmp_path, "tiny", "1", version_files)
+    async with live(tmp_path) as (client, dataplane):
+        await answer(client)
+        first = weakref.ref(dataplane.registry.get("tiny", "1"))
+        add_version(tmp_path, "tiny", "2", version_files)
+        shutil.rmtree(tmp_path / "tiny" / "1")
+        await dataplane.load_model("tiny")  # version 2 in, version 1 out
+        gc.collect()
+        assert first() is None  # nothing (a metrics gauge, the manager) holds the unloaded version
+        scraped = (await client.get("/metrics")).text
+        assert 'modelbay_queue_depth{model="tiny",version="2"}' in scraped
+        assert 'version="1"' not in scraped

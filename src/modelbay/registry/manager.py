@@ -289,6 +289,8 @@ class ModelManager:
             self._registry.remove(model)
         for model in served:
             await self._retire(model)
+            if model.metrics is not None and self._registry.find(model.name, model.version) is None:
+                model.metrics.forget()
             self._set(model.name, model.version, ModelState.UNAVAILABLE, "unloaded")
 
     async def _retire(self, model: ServedModel) -> None:
@@ -300,9 +302,7 @@ class ModelManager:
 
     def _fail_or_keep(self, name: str, version: str, reason: str) -> None:
         """A version failed to load: READY saying so when a previous load still serves, else FAILED."""
-        try:
-            self._registry.get(name, version)
-        except ModelNotFound:
+        if self._registry.find(name, version) is None:
             self._set(name, version, ModelState.FAILED, reason)
         else:
             self._set(name, version, ModelState.READY, f"reload failed, the previous load serves: {reason}")

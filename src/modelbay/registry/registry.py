@@ -170,6 +170,10 @@ class ModelRegistry:
                 f"model {name!r} has no version {version!r}; versions: {self.versions(name)}"
             ) from None
 
+    def find(self, name: str, version: str) -> ServedModel | None:
+        """The model `name` at `version`, or None when it is not served."""
+        return self._models.get(name, {}).get(version)
+
     def versions(self, name: str) -> list[str]:
         """Versions of `name`, lowest first. Raises ModelNotFound for an unknown name."""
         if name not in self._models:
