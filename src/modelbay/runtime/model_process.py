@@ -260,6 +260,8 @@ class ModelProcess:
                 self._closed.set()
                 self._first.set_exception(exc)
                 return None, 0.0
+            if self._closed.is_set():  # closed while it started: nothing to report
+                return None, 0.0
             delay = self.backoff.after(0.0)
             log.error(
                 "model %r: worker process failed to start: %s; next try in %.1f s", self.name, exc, delay
