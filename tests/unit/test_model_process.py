@@ -107,11 +107,13 @@ def wait_gone(pid: int, timeout_s: float = 10.0) -> None:
 
 @pytest.fixture(scope="module")
 def words(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadedModel]:
-    """The words handler in its worker process (timeout_s 1 s), restarts 0.1 s after a death."""
+    """The words handler in its worker process (timeout_s 1 s, a default output), restarts 0.1 s
+    after a death."""
     folder = tmp_path_factory.mktemp("models") / "words"
     folder.mkdir()
     (folder / "predict.py").write_text(WORDS_HANDLER)
-    loaded = load_model({"path": str(folder), "worker_process": True, "timeout_s": 1.0})
+    batching = {"slo_ms": 1000, "default_output": "fallback"}
+    loaded = load_model({"path": str(folder), "worker_process": True, "timeout_s": 1.0, "batching": batching})
     assert isinstance(loaded.predictor, ProcessPredictor)
     loaded.predictor.process.backoff = Backoff(initial_s=0.1)
     yield loaded
@@ -265,6 +267,9 @@ def test_handler_answers_both_doors_from_its_worker(words: LoadedModel) -> None:
     (name, array), *_ = predictor.encode_tensors(tensor).items()
     assert name == "output"
     np.testing.assert_array_equal(array, [[3.0, -4.0]])
+    default = predictor.default_output("fallback", 1)  # finished by the worker at start
+    assert predictor.postprocess(default) == "fallback"
+    assert predictor.encode_tensors(default) == {"output": np.asarray("fallback")}
 
 
 @pytest.mark.anyio

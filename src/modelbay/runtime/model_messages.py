@@ -79,7 +79,6 @@ class Ready:
                   door: (postprocess(default), encode_tensors(default)); None without one.
     """
 
-    pid: int
     platform: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]

@@ -60,7 +60,6 @@ class RunnerWorker:
             raise ModelLoadError(f"{type(predictor).__name__} has no runner: not an artifact model")
         self.runner = runner
         self.ready = Ready(
-            os.getpid(),
             runner.platform,
             list(predictor.inputs),
             list(predictor.outputs),
@@ -92,7 +91,6 @@ class HandlerWorker:
             output = predictor.default_output(default_output, 1)
             default = (predictor.postprocess(output), predictor.encode_tensors(output))
         self.ready = Ready(
-            os.getpid(),
             predictor.platform,
             list(predictor.inputs),
             list(predictor.outputs),
