@@ -72,6 +72,11 @@ class Predictor:
         """
         return value
 
+    def healthy(self) -> bool:
+        """False while the model cannot answer for now (its worker process is being restarted):
+        OIP model ready then says false. True by default."""
+        return True
+
     def close(self) -> None:
         """Release what the model holds beyond memory (its worker process); called once when it
         stops serving, after its last batch. The default holds nothing."""

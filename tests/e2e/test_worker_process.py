@@ -114,8 +114,11 @@ def test_a_crashing_worker_fails_its_request_and_comes_back(
     reply = words(served.url, word)
     assert reply.status_code == 500
     assert reply.json()["error"].startswith("model 'words' failed (error id ")
+    # Not ready while its worker restarts (at least the 0.5 s backoff), so a balancer can tell.
+    assert httpx.get(f"{served.url}/v2/models/words/ready").status_code != 200
     tiny_answers(served.url, expected)  # while the worker restarts
     back_after_restart(served.url)
+    assert httpx.get(f"{served.url}/v2/models/words/ready").status_code == 200
     tiny_answers(served.url, expected)
     assert how in served.log()
 

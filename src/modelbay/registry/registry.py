@@ -66,6 +66,11 @@ class ServedModel:
             self.hooks = None
         await asyncio.to_thread(self.predictor.close)
 
+    def answering(self) -> bool:
+        """OIP model ready: started, not stopping, its predictor healthy (a worker process up), and
+        no batch stuck in the model past its `timeout_s` (hung model code answers nothing)."""
+        return self.ready and self.predictor.healthy() and not self.stalled()
+
     def stalled(self) -> bool:
         """True while a batch has been in the model for longer than `timeout_s` (hung model code)."""
         return self.timeout_s is not None and self.batcher.stalled(self.timeout_s)

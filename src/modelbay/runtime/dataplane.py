@@ -175,19 +175,18 @@ class Dataplane:
 
     def ready(self) -> bool:
         """OIP server ready: every served model is ready (see `model_ready`)."""
-        return all(model.ready and not model.stalled() for model in self.registry)
+        return all(model.answering() for model in self.registry)
 
     def server_metadata(self) -> dict[str, Any]:
         """OIP `$metadata_server_response`: name, version, extensions."""
         return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
-        """OIP model ready: started, not stopping, and no batch stuck in the model past its `timeout_s`
-        (hung model code: it answers nothing, so it is not ready). Raises ModelNotFound for an
-        unknown model or version.
+        """OIP model ready (ServedModel.answering): started, not stopping, its worker process up,
+        and no batch stuck in the model past its `timeout_s`. Raises ModelNotFound for an unknown
+        model or version.
         """
-        model = self.registry.get(name, version)
-        return model.ready and not model.stalled()
+        return self.registry.get(name, version).answering()
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         """OIP `$metadata_model_response`: name, versions, platform, inputs, outputs.

@@ -45,6 +45,10 @@ class ProcessRunner:
             self.output_keys = ran.output_keys
         return ran.arrays
 
+    def healthy(self) -> bool:
+        """True while the worker process serves (False while it is being restarted)."""
+        return self.process.serving
+
     def close(self) -> None:
         """End the worker process."""
         self.process.close()
@@ -131,6 +135,10 @@ class ProcessPredictor(Predictor):
         if self._default is None:
             raise ModelLoadError(f"model {self.process.name!r}: its worker process has no default output")
         return _DEFAULT
+
+    def healthy(self) -> bool:
+        """True while the worker process serves (False while it is being restarted)."""
+        return self.process.serving
 
     def close(self) -> None:
         """End the worker process."""

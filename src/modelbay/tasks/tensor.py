@@ -175,6 +175,11 @@ class TensorPredictor(Predictor):
             rows.append(row)
         return rows
 
+    def healthy(self) -> bool:
+        """The runner's health when it holds a process (ProcessRunner.healthy), else True."""
+        healthy = getattr(self.runner, "healthy", None)
+        return True if healthy is None else bool(healthy())
+
     def close(self) -> None:
         """Close the runner when it holds a process (modelbay.runtime.process_predictors.ProcessRunner)."""
         close = getattr(self.runner, "close", None)
