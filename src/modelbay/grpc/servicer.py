@@ -73,7 +73,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             # The client's own deadline, if it set one, bounds the request too (gRPC deadlines).
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
-            response = await self.dataplane.infer(oip_grpc.decode_request(request), RequestContext(deadline))
+            metadata = dict(context.invocation_metadata() or ())
+            ctx = RequestContext(
+                deadline,
+                caller=peer_host(context.peer()),
+                trace=_text(metadata.get("traceparent")),
+                routing_key=_text(metadata.get("modelbay-routing-key")),
+            )
+            response = await self.dataplane.infer(oip_grpc.decode_request(request), ctx)
             return oip_grpc.encode_response(response)
 
         return await _guarded(context, call)
@@ -146,6 +153,11 @@ def _parameter_value(parameter: pb.ModelRepositoryParameter) -> object:
     """The value a ModelRepositoryParameter holds (bool, int, str or bytes), None when unset."""
     choice = parameter.WhichOneof("parameter_choice")
     return None if choice is None else getattr(parameter, choice)
+
+
+def _text(value: str | bytes | None) -> str | None:
+    """A metadata value as text (binary `-bin` values are never what is looked up here)."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def peer_host(peer: str) -> str:
