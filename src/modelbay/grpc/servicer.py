@@ -73,12 +73,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             # The client's own deadline, if it set one, bounds the request too (gRPC deadlines).
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
-            metadata = dict(context.invocation_metadata() or ())
+            metadata = {
+                key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
+            }
             ctx = RequestContext(
                 deadline,
                 caller=peer_host(context.peer()),
-                trace=_text(metadata.get("traceparent")),
-                routing_key=_text(metadata.get("modelbay-routing-key")),
+                trace=metadata.get("traceparent"),
+                routing_key=metadata.get("modelbay-routing-key"),
+                headers=metadata,
             )
             response = await self.dataplane.infer(oip_grpc.decode_request(request), ctx)
             return oip_grpc.encode_response(response)
@@ -153,11 +156,6 @@ def _parameter_value(parameter: pb.ModelRepositoryParameter) -> object:
     """The value a ModelRepositoryParameter holds (bool, int, str or bytes), None when unset."""
     choice = parameter.WhichOneof("parameter_choice")
     return None if choice is None else getattr(parameter, choice)
-
-
-def _text(value: str | bytes | None) -> str | None:
-    """A metadata value as text (binary `-bin` values are never what is looked up here)."""
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def peer_host(peer: str) -> str:

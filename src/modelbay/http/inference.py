@@ -117,6 +117,7 @@ def _context(scope: Scope, receive: Receive, headers: dict[str, str]) -> Request
         caller=client[0] if client else "",
         trace=headers.get("traceparent"),
         routing_key=headers.get(ROUTING_KEY),
+        headers=headers,
     )
 
 

@@ -15,7 +15,7 @@ those that are slow (`watch`). A timer per request cost ~10 us on uvloop (benchm
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from modelbay.errors import ModelbayError
@@ -39,6 +39,8 @@ class RequestContext:
               once keys exist): what access rules and logs name.
     trace:    the W3C `traceparent` the client sent (https://www.w3.org/TR/trace-context/), or None.
     routing_key: what a traffic split keeps together (the `modelbay-routing-key` header), or None.
+    headers:  the request's headers (HTTP, lower-case names) or metadata (gRPC), as the door read
+              them: what a per-model rule may look at (a sticky split's header). Never logged.
     parameters: request parameters a door passes on to the core (none of the doors does yet), {}.
     started:  `time.monotonic()` when the dataplane took the request.
     task:     the asyncio task serving the request; the dataplane fills it in.
@@ -49,6 +51,7 @@ class RequestContext:
     __slots__ = (
         "caller",
         "deadline",
+        "headers",
         "parameters",
         "reason",
         "routing_key",
@@ -68,6 +71,7 @@ class RequestContext:
         trace: str | None = None,
         routing_key: str | None = None,
         parameters: dict[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.deadline = deadline
         self.watch = watch
@@ -75,6 +79,7 @@ class RequestContext:
         self.trace = trace
         self.routing_key = routing_key
         self.parameters = parameters if parameters is not None else {}
+        self.headers: Mapping[str, str] = headers if headers is not None else {}
         self.started = 0.0
         self.task: asyncio.Task[Any] | None = None
         self.watcher: asyncio.Task[None] | None = None
