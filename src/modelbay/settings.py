@@ -17,6 +17,7 @@ environment at import.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +35,12 @@ log = logging.getLogger("modelbay.settings")
 
 class _Config(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
     pass
+
+
+class _FrozenConfig(
+    msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True, frozen=True
+):
+    """Settings that are swapped whole at runtime, never changed in place (a traffic policy)."""
 
 
 class BatchingConfig(_Config):
@@ -117,6 +124,67 @@ class TensorConfig(_Config):
     shape: list[int] | None = None
 
 
+class StickyConfig(_FrozenConfig, frozen=True):
+    """Sticky assignment of a traffic split (A/B): callers with the same value of `header` (an HTTP
+    request header, any case, or a gRPC metadata key) always get the same version."""
+
+    header: str
+
+    def __post_init__(self) -> None:
+        if not self.header.strip():
+            raise msgspec.ValidationError("traffic: sticky.header must name a request header")
+
+
+class ShadowConfig(_FrozenConfig, frozen=True):
+    """Shadow traffic: `percent` of a model's unversioned calls also go to `version` in the
+    background; its answers are compared with the served ones and recorded, never returned.
+
+    tolerance: outputs agree when every element is within `tolerance` of the served one, absolute
+               or relative (numpy.allclose's atol = rtol = tolerance); predictions agree when
+               their JSON is equal.
+    """
+
+    version: str
+    percent: float = 100.0
+    tolerance: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if not self.version:
+            raise msgspec.ValidationError("traffic: shadow.version must name a model version")
+        if not 0 <= self.percent <= 100 or not self.tolerance >= 0:
+            raise msgspec.ValidationError(
+                "traffic: shadow.percent must be in [0, 100] and shadow.tolerance >= 0"
+            )
+
+
+class TrafficConfig(_FrozenConfig, frozen=True):
+    """Which versions of a model answer the calls that name no version (registry/traffic.py).
+
+    split:  weight per version, e.g. {"2": 90, "3": 10} (canary): each call goes to a version with
+            probability weight / sum of the weights of the versions loaded; weights >= 0, summing
+            to > 0. None: the default version answers.
+    sticky: with a split, assign by the hash of a request header instead of at random (A/B).
+    shadow: also send a share of the calls to another version, in the background.
+    A call that names its version always gets that version.
+    """
+
+    split: dict[str, float] | None = None
+    sticky: StickyConfig | None = None
+    shadow: ShadowConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.split is not None:
+            weights = list(self.split.values())
+            if not all(0 <= weight < math.inf for weight in weights) or not sum(weights) > 0:
+                raise msgspec.ValidationError(
+                    f"traffic: split weights must be >= 0 and sum to > 0, got {self.split}"
+                )
+            if not all(self.split):
+                raise msgspec.ValidationError("traffic: split names an empty version")
+        if self.sticky is not None and self.split is None:
+            raise msgspec.ValidationError("traffic: sticky needs a split to keep callers on")
+
+
 class ModelConfig(_Config):
     """How to load and serve one model: the CLI flags, a `models:` entry in YAML, or `modelbay.yaml`.
 
@@ -146,6 +214,9 @@ class ModelConfig(_Config):
     worker_process: run the model in a model worker process of its own (a crash or a hang kills
                  only that process, which is restarted); always so for a model folder with a
                  requirements.txt, which runs in its own Python environment.
+    traffic:     the model's traffic policy (TrafficConfig: split, sticky, shadow) for the calls
+                 that name no version; the management API changes it at runtime. None: they go
+                 to the default version.
     """
 
     path: str | None = None
@@ -168,6 +239,7 @@ class ModelConfig(_Config):
     timeout_s: float | None = 60.0
     preprocess_threads: int = 2
     worker_process: bool = False
+    traffic: TrafficConfig | None = None
 
     def __post_init__(self) -> None:
         if self.timeout_s is not None and self.timeout_s <= 0:
@@ -297,7 +369,21 @@ def model_entry(entry: Mapping[str, Any], overrides: Mapping[str, Any] | None = 
     merged = merge_model_settings(manifest, given)
     if isinstance(merged.get("version"), int):
         merged["version"] = str(merged["version"])
+    if isinstance(merged.get("traffic"), Mapping):
+        merged["traffic"] = _versions_as_text(merged["traffic"])
     return merged
+
+
+def _versions_as_text(traffic: Mapping[str, Any]) -> dict[str, Any]:
+    """A `traffic:` mapping with its versions as strings: YAML reads `split: {2: 90}` and
+    `shadow: {version: 4}` as numbers, and versions are strings (as in OIP)."""
+    out = dict(traffic)
+    if isinstance(out.get("split"), Mapping):
+        out["split"] = {str(version): weight for version, weight in out["split"].items()}
+    shadow = out.get("shadow")
+    if isinstance(shadow, Mapping) and isinstance(shadow.get("version"), int):
+        out["shadow"] = {**shadow, "version": str(shadow["version"])}
+    return out
 
 
 def merge_model_settings(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:

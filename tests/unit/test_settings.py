@@ -113,6 +113,14 @@ MODEL_UNFLAGGED = {
     "batching.default_output": ([0.0], [1.0]),
     "cache.max_entries": (5, 6),
     "cache.ttl_s": (1.5, 2.5),
+    "traffic": (
+        {"split": {"1": 50, "2": 50}, "sticky": None, "shadow": None},
+        {
+            "split": {"2": 90, "3": 10},
+            "sticky": {"header": "x-user-id"},
+            "shadow": {"version": "4", "percent": 20.0, "tolerance": 0.001},
+        },
+    ),
 }
 NESTED = {"image": ImageConfig, "batching": BatchingConfig, "cache": CacheConfig}
 
@@ -148,7 +156,9 @@ def plain(value: Any) -> Any:
     """Settings values as the tables write them (a TensorConfig as a dict with every field)."""
     if isinstance(value, list):
         return [plain(item) for item in value]
-    return msgspec.structs.asdict(value) if isinstance(value, msgspec.Struct) else value
+    if isinstance(value, msgspec.Struct):
+        return {name: plain(field) for name, field in msgspec.structs.asdict(value).items()}
+    return value
 
 
 def server_flag(name: str, value: Any) -> list[str]:
