@@ -26,6 +26,7 @@ ROUTING_KEY = "modelbay-routing-key"  # what a traffic split keeps on one versio
 _JSON = [(b"content-type", b"application/json")]
 _BINARY = (b"content-type", b"application/octet-stream")
 _BINARY_HEADER = BINARY_HEADER.encode()
+MODEL_VERSION = b"x-model-version"  # which version answered: every answer of a hot route says it
 
 
 def match(path: str) -> tuple[str, str, str | None] | None:
@@ -64,7 +65,7 @@ class InferenceRoutes:
         headers = header_dict(scope)
         try:
             if kind == "predict":
-                status, extra, body = 200, _JSON, await self._predict(scope, receive, headers, model, version)
+                status, extra, body = await self._predict(scope, receive, headers, model, version)
             else:
                 status, extra, body = await self._infer(scope, receive, headers, model, version)
         except (ClientDisconnect, ClientGone):
@@ -82,7 +83,7 @@ class InferenceRoutes:
 
     async def _predict(
         self, scope: Scope, receive: Receive, headers: dict[str, str], model: str, version: str | None
-    ) -> bytes:
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         body = await read_body(receive, headers, self.max_body_bytes)
         examples, single = await predict_examples(scope, headers, body)
         result = await self.dataplane.predict(model, version, examples, _context(scope, receive, headers))
@@ -90,7 +91,7 @@ class InferenceRoutes:
         answer = {"model": result.model, "version": result.version, "predictions": predictions}
         if result.defaults:
             answer["default_predictions"] = result.defaults
-        return encode_json(answer)
+        return 200, [*_JSON, (MODEL_VERSION, result.version.encode())], encode_json(answer)
 
     async def _infer(
         self, scope: Scope, receive: Receive, headers: dict[str, str], model: str, version: str | None
@@ -100,13 +101,10 @@ class InferenceRoutes:
         request, binary = oip_json.decode_request(body, model, version, header_length)
         response = await self.dataplane.infer(request, _context(scope, receive, headers))
         content, json_length = oip_json.encode_response(response, binary)
+        answered = (MODEL_VERSION, response.model_version.encode())
         if json_length is None:
-            return 200, _JSON, content
-        return (
-            200,
-            [_BINARY, (_BINARY_HEADER, str(json_length).encode())],
-            content,
-        )
+            return 200, [*_JSON, answered], content
+        return 200, [_BINARY, (_BINARY_HEADER, str(json_length).encode()), answered], content
 
 
 def _context(scope: Scope, receive: Receive, headers: dict[str, str]) -> RequestContext:
