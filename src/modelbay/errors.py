@@ -6,10 +6,14 @@
     │   ├── UnsupportedMediaType    a Content-Type the door does not speak          (415)
     │   └── RequestTimeout          the client sent its body too slowly             (408)
     ├── ModelNotFound               no model (or model version) by that name        (404 / NOT_FOUND)
-    ├── Forbidden                   management from off loopback                    (403 / PERMISSION_DENIED)
+    ├── Unauthenticated             no valid API key (with --auth)                  (401 / UNAUTHENTICATED)
+    ├── Forbidden                   an API key of the wrong scope or model, or      (403 / PERMISSION_DENIED)
+    │                               management from off loopback without --auth
     ├── Unavailable                 cannot take the request now; retry later        (503 / UNAVAILABLE)
     │   ├── ModelNotReady           the model is loading, stopping or failed
-    │   └── Overloaded              the model's queue is full (HTTP adds Retry-After)
+    │   ├── Overloaded              the model's queue is full (HTTP adds Retry-After)
+    │   └── TooManyRequests         an API key over its rate limit                  (429 / RESOURCE_EXHAUSTED,
+    │                                                                                with Retry-After)
     ├── DeadlineExceeded            no answer within the model's timeout_s          (504 / DEADLINE_EXCEEDED)
     ├── InferenceFailed             the model itself failed on a valid request      (500 / INTERNAL)
     │   └── WorkerProcessDied       its model worker process died (or was killed) during the batch
@@ -58,9 +62,14 @@ class ModelNotFound(ModelbayError):
     """No model is served under that name, or the model has no such version."""
 
 
+class Unauthenticated(ModelbayError):
+    """The server needs an API key (`modelbay serve --auth`) and the request carried none, or one
+    that is not valid (unknown, revoked, malformed). The message never holds the key sent."""
+
+
 class Forbidden(ModelbayError):
-    """The caller may not do this: the management API (load, unload) answers only loopback clients
-    until API keys exist (issue 11)."""
+    """The caller may not do this: its API key lacks the scope (infer, admin) or the model; or,
+    on a server without API keys, the management API was called from off loopback."""
 
 
 class Unavailable(ModelbayError):
@@ -76,6 +85,15 @@ class ModelNotReady(Unavailable):
 
 class Overloaded(Unavailable):
     """The model's request queue is full (`max_queue_size`); the client should retry later."""
+
+
+class TooManyRequests(Unavailable):
+    """The API key sent more requests than its rate limit allows (`rate_per_s`, `burst` in the key
+    file: a token bucket); a retry after `retry_after_s` seconds may succeed (HTTP Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(ModelbayError):

@@ -29,6 +29,7 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.supervisors import Multiprocess
 
+from modelbay.auth.access import Access
 from modelbay.errors import ModelLoadError
 from modelbay.grpc.servicer import create_grpc_server
 from modelbay.http.app import ModelbayApp, create_app
@@ -67,6 +68,7 @@ class Server:
         self._pending: list[LoadedModel] = []
         # What was loaded at start and from where: what the model manager loads again.
         self.models = ServerModels({}, {}, None)
+        self.access: Access | None = None  # the API keys of `settings.auth`, read by load()
         self._uvicorn: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._drain: Callable[[], object] | None = None  # begins the drain, from any thread
@@ -112,7 +114,10 @@ class Server:
     def load(self) -> None:
         """Build and set up every model not loaded yet: those added in code, the `models:` of the
         settings, and those of `model_repository` (in explicit mode, only `load_models` when it
-        names some). Raises ModelLoadError naming the model."""
+        names some); and the API key file of `auth`, once. Raises ModelLoadError naming the model,
+        or the key file and its problem."""
+        if self.settings.auth is not None and self.access is None:
+            self.access = Access.from_file(self.settings.auth, health=self.settings.auth_health)
         for entry in self.settings.models:
             self._pending.append(load_model(entry))
         self.settings = msgspec.structs.replace(self.settings, models=[])
@@ -158,11 +163,13 @@ class Server:
         Its lifespan starts the batchers and, when `grpc_port` is set, the gRPC door on the same
         event loop and dataplane; it raises RuntimeError at startup if the gRPC port cannot be bound.
         On SIGTERM / SIGINT (or `stop()`) both doors drain together within `graceful_timeout_s`
-        (ModelbayApp.drain).
+        (ModelbayApp.drain). With API keys, both doors check them (`self.access`), and the key
+        file is read again when it changes (Access.watch).
         """
         dataplane = Dataplane(self.registry)
         settings = self.settings
         grace = settings.graceful_timeout_s
+        access = self.access
         dataplane.manager = manager = ModelManager(
             self.registry,
             dataplane,
@@ -181,11 +188,16 @@ class Server:
             polling = None
             if settings.model_control_mode == "poll" and manager.repository is not None:
                 polling = asyncio.create_task(manager.poll(settings.repository_poll_s))
+            watching = asyncio.create_task(access.watch()) if access is not None else None
             try:
                 if settings.grpc_port:
                     address = f"{settings.host}:{settings.grpc_port}"
                     grpc_server = create_grpc_server(
-                        dataplane, address, settings.max_body_bytes, reuse_port=settings.workers > 1
+                        dataplane,
+                        address,
+                        settings.max_body_bytes,
+                        reuse_port=settings.workers > 1,
+                        access=access,
                     )
                     await grpc_server.start()
                     # A little past the drain deadline, so the 503s given at the deadline go out.
@@ -198,12 +210,18 @@ class Server:
                 self._drain = None
                 if polling is not None:
                     polling.cancel()
+                if watching is not None:
+                    watching.cancel()
                 if not await served.drained() and grpc_server is not None:
                     await grpc_server.stop(grace)
                 await dataplane.stop()
 
         served = create_app(
-            dataplane, settings.max_body_bytes, lifespan, max_upload_bytes=settings.max_upload_bytes
+            dataplane,
+            settings.max_body_bytes,
+            lifespan,
+            max_upload_bytes=settings.max_upload_bytes,
+            access=access,
         )
         return served
 

@@ -283,6 +283,13 @@ class Settings(_Config):
     repository_poll_s: poll mode: seconds between two rescans of `model_repository`.
     max_upload_bytes: largest body of a model repository load request (a model uploaded with its
                     files), in bytes.
+    auth:           an API key file (`modelbay keys create`, modelbay.auth.keys): every request
+                    then needs a key of that file (401 without, 403 with one of the wrong scope or
+                    model, 429 over its rate limit), from any address; the file is read again
+                    when it changes. None: no keys (everything open, the model repository API
+                    to loopback clients only).
+    auth_health:    with `auth`: health, server metadata, /metrics and the API description need a
+                    valid key too (any scope); else they stay open (load balancers, Prometheus).
     model_overrides: ModelConfig fields set over the settings of every model of `model_repository`,
                     its modelbay.yaml included, now and on later loads (`modelbay serve`'s model flags).
     models:         the models to serve; each entry is a ModelConfig.
@@ -302,6 +309,8 @@ class Settings(_Config):
     load_models: list[str] = msgspec.field(default_factory=list)
     repository_poll_s: float = 15.0
     max_upload_bytes: int = 256 * 1024 * 1024
+    auth: str | None = None
+    auth_health: bool = False
     model_overrides: dict[str, Any] = msgspec.field(default_factory=dict)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
 

@@ -371,7 +371,8 @@ def test_a_client_off_loopback_is_refused_the_repository_api_but_may_infer() -> 
                 method(request)
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert err.value.details() == (
-                "the model repository API answers only loopback clients until API keys exist (issue 11)"
+                "the model repository API answers only loopback clients on a server without API keys "
+                "(modelbay serve --auth)"
             )
         x = {"name": "x", "datatype": "FP32", "shape": [1, 3], "contents": {"fp32_contents": [1, 2, 3]}}
         reply = infer(stub, "affine", x)

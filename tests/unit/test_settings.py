@@ -74,6 +74,8 @@ SERVER = {
     "load_models": (["a", "b"], ["c"], ["d", "e"]),
     "repository_poll_s": (1.0, 2.0, 3.0),
     "max_upload_bytes": (100, 200, 300),
+    "auth": ("/k1.yaml", "/k2.yaml", "/k3.yaml"),
+    "auth_health": (True, True, True),
 }
 # Every model setting with a flag: (the folder's modelbay.yaml, its --config entry, flag) values.
 TENSORS = [
@@ -164,6 +166,9 @@ def plain(value: Any) -> Any:
 def server_flag(name: str, value: Any) -> list[str]:
     if name == "load_models":
         return [arg for model in value for arg in ("--load-model", model)]
+    if isinstance(value, bool):
+        flag = name.replace("_", "-")
+        return [f"--{flag}" if value else f"--no-{flag}"]
     return [f"--{name.replace('_', '-')}", str(value)]
 
 

@@ -1,5 +1,9 @@
 """The `modelbay` command: `serve [PATH ...]`, `predict MODEL FILE...`, `models`, `load MODEL`,
-`unload MODEL`, `deploy FOLDER`, `default MODEL [VERSION]` (cli/repository.py) and `version`."""
+`unload MODEL`, `deploy FOLDER`, `default MODEL [VERSION]` (cli/repository.py), `keys create / list /
+revoke` (cli/keys.py) and `version`.
+
+The commands that call a server send the API key in `MODELBAY_API_KEY`, if set (a variable, not a
+flag: a key on the command line would be seen in `ps` and the shell's history)."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Any
 import httpx
 
 from modelbay._version import __version__
-from modelbay.cli import repository
+from modelbay.cli import keys, repository
 from modelbay.client import Client
 from modelbay.errors import ModelbayError, ModelLoadError
 from modelbay.registry.repository import is_repository, scan_repository
@@ -41,6 +45,8 @@ SERVER_FLAGS = (
     "load_models",
     "repository_poll_s",
     "max_upload_bytes",
+    "auth",
+    "auth_health",
 )
 MODEL_FLAGS = (
     "name",
@@ -57,6 +63,7 @@ MODEL_FLAGS = (
     "outputs",
 )
 BATCHING_FLAGS = ("max_batch_size", "max_queue_delay_ms", "max_queue_size")
+API_KEY = "MODELBAY_API_KEY"  # the key the client commands send
 
 
 def tensor_spec(text: str) -> dict[str, Any]:
@@ -142,6 +149,18 @@ def parser() -> argparse.ArgumentParser:
     live.add_argument(
         "--max-upload-bytes", type=int, help="largest model upload (a load with files), in bytes (256 MiB)"
     )
+    access = serve.add_argument_group("API keys (modelbay keys)")
+    access.add_argument(
+        "--auth",
+        metavar="FILE",
+        help="the API key file: every request then needs a key of it (401 / 403 / 429); "
+        "the file is read again when it changes",
+    )
+    access.add_argument(
+        "--auth-health",
+        action=argparse.BooleanOptionalAction,
+        help="with --auth: health, /v2, /metrics and the docs need a key too (default: open)",
+    )
     _model_arguments(serve.add_argument_group("model (applies to every PATH, or every model in --config)"))
     predict = commands.add_parser(
         "predict",
@@ -156,6 +175,7 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--model-version", dest="version", help="model version (default: the highest)")
     predict.add_argument("--json", action="store_true", help="one JSON object per line: file, predictions")
     repository.add_parsers(commands)
+    keys.add_parser(commands)
     commands.add_parser("version", help="print the version")
     return root
 
@@ -208,7 +228,7 @@ def predict(args: argparse.Namespace) -> int:
         print(f"modelbay: {exc.message}", file=sys.stderr)
         return 2
     status = 0
-    with Client(url) as client:
+    with Client(url, api_key=environment().get(API_KEY)) as client:
         for name in args.files:
             try:
                 predictions = client.predict(args.model, Path(name), version=args.version)
@@ -374,7 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ModelLoadError as exc:
             print(f"modelbay: {exc.message}", file=sys.stderr)
             return 2
-        return repository.run(args, url)
+        return repository.run(args, url, environment().get(API_KEY))
+    if args.command == "keys":
+        return keys.run(args, environment())
     if args.command == "predict":
         try:
             return predict(args)

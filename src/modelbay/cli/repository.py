@@ -68,23 +68,23 @@ def add_parsers(commands: Any) -> None:
     default.add_argument("--url", help=URL_HELP)
 
 
-def run(args: argparse.Namespace, url: str) -> int:
-    """Run a repository command against `url`; exit status 1 when the server refused (or, for
-    deploy, when FOLDER cannot be sent)."""
+def run(args: argparse.Namespace, url: str, api_key: str | None = None) -> int:
+    """Run a repository command against `url`, sending `api_key` (an admin key, for a server with
+    --auth); exit status 1 when the server refused (or, for deploy, when FOLDER cannot be sent)."""
     try:
-        with Client(url, timeout_s=600.0) as client:
+        with Client(url, timeout_s=600.0, api_key=api_key) as client:
             if args.command == "models":
                 rows = client.repository_index(ready=args.ready)
                 print(json.dumps(rows) if args.json else _table(rows))
             elif args.command == "load":
-                with progress(url, args.model):
+                with progress(url, args.model, api_key):
                     client.load_model(args.model)
                 print(f"model {args.model!r} loaded")
             elif args.command == "unload":
                 client.unload_model(args.model)
                 print(f"model {args.model!r} unloaded")
             elif args.command == "deploy":
-                _deploy(client, url, args.folder, args.name, args.version)
+                _deploy(client, url, args.folder, args.name, args.version, api_key)
             else:
                 version = client.set_default_version(args.model, args.version)
                 print(f"model {args.model!r}: calls that name no version go to version {version}")
@@ -94,7 +94,9 @@ def run(args: argparse.Namespace, url: str) -> int:
     return 0
 
 
-def _deploy(client: Client, url: str, folder: Path, name: str | None, version: str | None) -> None:
+def _deploy(
+    client: Client, url: str, folder: Path, name: str | None, version: str | None, api_key: str | None
+) -> None:
     """Send `folder` as `version` of model `name` and load it, printing what was sent."""
     files = folder_files(folder)
     name = name or folder.resolve().name
@@ -105,13 +107,13 @@ def _deploy(client: Client, url: str, folder: Path, name: str | None, version: s
     width = max(len(path) for path in sent)
     for path, data in sent.items():
         print(f"  {path.ljust(width)}  {len(data):>13,} bytes")
-    with progress(url, name):
+    with progress(url, name, api_key):
         client.load_model(name, files=sent)
     print(f"model {name!r} version {version} deployed and serving")
 
 
 @contextlib.contextmanager
-def progress(url: str, name: str, every_s: float = 0.5) -> Iterator[None]:
+def progress(url: str, name: str, api_key: str | None = None, every_s: float = 0.5) -> Iterator[None]:
     """While a load of model `name` runs on the server at `url`: on a terminal (stderr), a spinner
     with the states of its versions from the repository index (LOADING while the server builds
     one: its environment, its weights, its warm-up) and the seconds elapsed, refreshed every
@@ -125,7 +127,7 @@ def progress(url: str, name: str, every_s: float = 0.5) -> Iterator[None]:
     with console.status(f"loading model {name!r}") as status:
 
         def watch() -> None:
-            with Client(url, timeout_s=5.0) as watcher:
+            with Client(url, timeout_s=5.0, api_key=api_key) as watcher:
                 while not done.wait(every_s):
                     try:
                         rows = [row for row in watcher.repository_index() if row["name"] == name]

@@ -10,9 +10,11 @@
         client.set_default_version("tiny", "1")              # unversioned calls go to 1 (HTTP only)
 
 `AsyncClient` has the same methods as coroutines. Tensors travel raw: over HTTP with the binary
-tensor extension (`binary=False` sends JSON), over gRPC as raw contents. Server errors come back
-as the same exceptions the server raised: InvalidInput, ModelNotFound, Unavailable (ModelNotReady,
-Overloaded), InferenceFailed, PayloadTooLarge... (modelbay.errors).
+tensor extension (`binary=False` sends JSON), over gRPC as raw contents. `api_key=` sends an API
+key with every call (`Authorization: Bearer`, as a header or as gRPC metadata) to a server with
+`--auth`. Server errors come back as the same exceptions the server raised: InvalidInput,
+ModelNotFound, Unavailable (ModelNotReady, Overloaded, TooManyRequests), Unauthenticated,
+Forbidden, InferenceFailed, PayloadTooLarge... (modelbay.errors).
 """
 
 from __future__ import annotations
@@ -55,12 +57,15 @@ def _metadata_json(message: Any) -> dict[str, Any]:
 
 
 class _Base:
-    """What both clients keep: the transport ("http" or "grpc"), its address, options, input names."""
+    """What both clients keep: the transport ("http" or "grpc"), its address, options, input names,
+    and the API key's header (`_auth`; gRPC metadata is the same pair)."""
 
-    def __init__(self, url: str, timeout_s: float, binary: bool) -> None:
+    def __init__(self, url: str, timeout_s: float, binary: bool, api_key: str | None) -> None:
         self.transport, self._address = _target(url)
         self.binary = binary
         self.timeout_s = timeout_s
+        self._auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._metadata = tuple(self._auth.items()) or None
         self._first_inputs: dict[tuple[str, str | None], str] = {}
 
 
@@ -68,16 +73,22 @@ class Client(_Base):
     """A blocking client. url: "http://host:port" (REST) or "grpc://host:port".
 
     timeout_s: per-call timeout in seconds. binary: send and receive tensors raw over HTTP.
+    api_key: an API key sent with every call (`modelbay keys create`); None sends none.
     Methods raise the modelbay exception of the server's answer (see the module docstring).
     """
 
     def __init__(
-        self, url: str = "http://127.0.0.1:8000", *, timeout_s: float = 60.0, binary: bool = True
+        self,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        timeout_s: float = 60.0,
+        binary: bool = True,
+        api_key: str | None = None,
     ) -> None:
-        super().__init__(url, timeout_s, binary)
+        super().__init__(url, timeout_s, binary, api_key)
         address = self._address
         if self.transport == "http":
-            self._http = httpx.Client(base_url=address, timeout=timeout_s)
+            self._http = httpx.Client(base_url=address, timeout=timeout_s, headers=self._auth)
         else:
             self._channel = grpc.insecure_channel(address, options=_grpc.CHANNEL_OPTIONS)
             self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
@@ -101,7 +112,7 @@ class Client(_Base):
 
     def _call(self, method: Any, request: Any) -> Any:
         try:
-            return method(request, timeout=self.timeout_s)
+            return method(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise _grpc.error_from(exc) from None
 
@@ -244,12 +255,17 @@ class AsyncClient(_Base):
     """The asyncio twin of Client (httpx.AsyncClient, grpc.aio); same arguments, awaitable methods."""
 
     def __init__(
-        self, url: str = "http://127.0.0.1:8000", *, timeout_s: float = 60.0, binary: bool = True
+        self,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        timeout_s: float = 60.0,
+        binary: bool = True,
+        api_key: str | None = None,
     ) -> None:
-        super().__init__(url, timeout_s, binary)
+        super().__init__(url, timeout_s, binary, api_key)
         address = self._address
         if self.transport == "http":
-            self._http = httpx.AsyncClient(base_url=address, timeout=timeout_s)
+            self._http = httpx.AsyncClient(base_url=address, timeout=timeout_s, headers=self._auth)
         else:
             self._channel = grpc.aio.insecure_channel(address, options=_grpc.CHANNEL_OPTIONS)
             self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
@@ -269,7 +285,7 @@ class AsyncClient(_Base):
 
     async def _call(self, method: Any, request: Any) -> Any:
         try:
-            return await method(request, timeout=self.timeout_s)
+            return await method(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise _grpc.error_from(exc) from None
 

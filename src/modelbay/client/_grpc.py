@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from modelbay.client._rest import retry_after_s
 from modelbay.codecs.oip_grpc import array_from_contents
 from modelbay.codecs.raw import array_from_raw, raw_from_array
 from modelbay.errors import (
@@ -19,14 +20,19 @@ from modelbay.errors import (
     ModelbayError,
     ModelNotFound,
     PayloadTooLarge,
+    TooManyRequests,
+    Unauthenticated,
     Unavailable,
 )
 from modelbay.grpc.generated import grpc_predict_v2_pb2 as pb
 from modelbay.types import datatype_of
 
+# RESOURCE_EXHAUSTED is split by the `retry-after` trailer, which only TooManyRequests sets (gRPC's
+# own refusal of a message over its size limit has none).
 ERRORS: dict[grpc.StatusCode, type[ModelbayError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
     grpc.StatusCode.NOT_FOUND: ModelNotFound,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: Forbidden,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
@@ -91,5 +97,10 @@ def error_from(exc: grpc.RpcError) -> ModelbayError:
     # grpc.Call (blocking stubs) and grpc.aio.AioRpcError both carry code() and details().
     code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
     details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        trailers = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
+        retry_after = dict(trailers or ()).get("retry-after")
+        if retry_after is not None:
+            return TooManyRequests(details or code.name, retry_after_s(retry_after))
     cls = ERRORS.get(code)
     return cls(details or code.name) if cls is not None else ModelbayError(f"{code.name}: {details}")

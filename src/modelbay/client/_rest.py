@@ -23,19 +23,24 @@ from modelbay.errors import (
     Overloaded,
     PayloadTooLarge,
     RequestTimeout,
+    TooManyRequests,
+    Unauthenticated,
     UnsupportedMediaType,
 )
 from modelbay.types import datatype_of
 
 HEADER = "Inference-Header-Content-Length"
-# HTTP status -> the exception the server raised (503 is split by Retry-After, which only Overloaded sets).
+# HTTP status -> the exception the server raised (503 is split by Retry-After, which only Overloaded
+# sets; 429's Retry-After is TooManyRequests.retry_after_s).
 ERRORS: dict[int, type[ModelbayError]] = {
     400: InvalidInput,
+    401: Unauthenticated,
     403: Forbidden,
     404: ModelNotFound,
     408: RequestTimeout,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
+    429: TooManyRequests,
     500: InferenceFailed,
     503: ModelNotReady,
     504: DeadlineExceeded,
@@ -154,4 +159,12 @@ def raise_for_status(status: int, headers: Any, content: bytes) -> None:
         message = content.decode(errors="replace") or f"HTTP {status}"
     if status == 503 and "retry-after" in headers:
         raise Overloaded(message)
+    if status == 429:
+        raise TooManyRequests(message, retry_after_s(headers.get("retry-after")))
     raise ERRORS.get(status, ModelbayError)(message)
+
+
+def retry_after_s(value: str | None) -> int:
+    """Retry-After (or the gRPC `retry-after` trailer) in whole seconds; 1 when absent or not a
+    number of seconds (an HTTP date is not sent by modelbay)."""
+    return int(value) if value is not None and value.isascii() and value.isdigit() else 1

@@ -9,14 +9,15 @@ from typing import Any
 
 import grpc
 
+from modelbay.auth.access import Access, Action, authorize, credential
 from modelbay.codecs import oip_grpc
 from modelbay.errors import InvalidInput, ModelNotFound, PayloadTooLarge
-from modelbay.grpc.errors import status_of
+from modelbay.grpc.errors import status_of, trailers_of
 from modelbay.grpc.generated import grpc_predict_v2_pb2 as pb
 from modelbay.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelbay.runtime.context import RequestContext
 from modelbay.runtime.dataplane import Dataplane
-from modelbay.runtime.management import check_manager, is_loopback_host, load_request
+from modelbay.runtime.management import is_loopback_host, load_request
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -25,33 +26,66 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     max_message_bytes: ModelInfer and RepositoryModelLoad requests larger than this get
     INVALID_ARGUMENT (the gRPC runtime itself refuses messages over twice this size with
     RESOURCE_EXHAUSTED before reading them).
+    access: the API keys every RPC is checked against first (`_authorize`); None: no keys,
+    everything open but the repository extension, which answers loopback clients only.
     """
 
-    def __init__(self, dataplane: Dataplane, max_message_bytes: int) -> None:
+    def __init__(self, dataplane: Dataplane, max_message_bytes: int, access: Access | None = None) -> None:
         self.dataplane = dataplane
         self.max_message_bytes = max_message_bytes
+        self.access = access
+
+    def _authorize(
+        self,
+        context: grpc.aio.ServicerContext,
+        action: Action,
+        model: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        """Who made this RPC (the key's name, or the peer's address), if it may: the one check
+        (modelbay.auth.access), with the key from the `authorization` or `x-api-key` metadata."""
+        metadata = _metadata(context) if metadata is None else metadata
+        key = credential(metadata.get("authorization"), metadata.get("x-api-key"))
+        return authorize(self.access, action, key, peer_host(context.peer()), model)
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> Any:
-        return pb.ServerLiveResponse(live=self.dataplane.live())
+        async def call() -> Any:
+            self._authorize(context, Action.HEALTH)
+            return pb.ServerLiveResponse(live=self.dataplane.live())
+
+        return await _guarded(context, call)
 
     async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> Any:
-        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+        async def call() -> Any:
+            self._authorize(context, Action.HEALTH)
+            return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+        return await _guarded(context, call)
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        return pb.ServerMetadataResponse(**self.dataplane.server_metadata())
+        async def call() -> Any:
+            self._authorize(context, Action.HEALTH)
+            return pb.ServerMetadataResponse(**self.dataplane.server_metadata())
+
+        return await _guarded(context, call)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> Any:
-        # An unknown model or version is simply not ready (Triton's answer; its clients expect a bool).
-        try:
-            ready = self.dataplane.model_ready(request.name, request.version or None)
-        except ModelNotFound:
-            ready = False
-        return pb.ModelReadyResponse(ready=ready)
+        async def call() -> Any:
+            self._authorize(context, Action.INFER, request.name)
+            # An unknown model or version is simply not ready (Triton's answer; its clients expect a bool).
+            try:
+                ready = self.dataplane.model_ready(request.name, request.version or None)
+            except ModelNotFound:
+                ready = False
+            return pb.ModelReadyResponse(ready=ready)
+
+        return await _guarded(context, call)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
         async def call() -> Any:
+            self._authorize(context, Action.INFER, request.name)
             metadata = self.dataplane.model_metadata(request.name, request.version or None)
             return pb.ModelMetadataResponse(
                 name=metadata["name"],
@@ -65,6 +99,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
         async def call() -> Any:
+            metadata = _metadata(context)
+            caller = self._authorize(context, Action.INFER, request.model_name, metadata)
             size = request.ByteSize()
             if size > self.max_message_bytes:
                 raise InvalidInput(
@@ -73,12 +109,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             # The client's own deadline, if it set one, bounds the request too (gRPC deadlines).
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
-            metadata = {
-                key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
-            }
             ctx = RequestContext(
                 deadline,
-                caller=peer_host(context.peer()),
+                caller=caller,
                 trace=metadata.get("traceparent"),
                 routing_key=metadata.get("modelbay-routing-key"),
                 headers=metadata,
@@ -88,10 +121,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         return await _guarded(context, call)
 
-    # The model repository extension, as Triton's grpc_service.proto defines it. Each call answers
-    # only loopback clients (PERMISSION_DENIED otherwise) and takes an empty repository_name
-    # (NOT_FOUND otherwise); then it is one Dataplane call (repository_index, load_model,
-    # unload_model) whose errors map through grpc/errors.py. A load may carry a model (`config`
+    # The model repository extension, as Triton's grpc_service.proto defines it. Each call needs an
+    # admin API key, or without keys a loopback client (PERMISSION_DENIED otherwise), and takes an
+    # empty repository_name (NOT_FOUND otherwise); then it is one Dataplane call (repository_index,
+    # load_model, unload_model) whose errors map through grpc/errors.py. A load may carry a model (`config`
     # as string_param, `file:<path>` as bytes_param, read by runtime/management.load_request);
     # its message is held to max_message_bytes like ModelInfer's: the gRPC runtime's receive
     # limit is one per server, and raising it for uploads would let any client's ModelInfer
@@ -101,7 +134,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         async def call() -> Any:
-            _check_management(context, request.repository_name)
+            self._check_management(context, request.repository_name)
             rows = self.dataplane.repository_index(ready_only=request.ready)
             return pb.RepositoryIndexResponse(
                 models=[
@@ -118,7 +151,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         async def call() -> Any:
-            _check_management(context, request.repository_name)
+            self._check_management(context, request.repository_name)
             size = request.ByteSize()
             if size > self.max_message_bytes:
                 raise PayloadTooLarge(
@@ -138,18 +171,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def call() -> Any:
             # Triton's "unload_dependents" (tritonclient always sends it) has nothing to act on:
             # modelbay has no ensembles.
-            _check_management(context, request.repository_name)
+            self._check_management(context, request.repository_name)
             await self.dataplane.unload_model(request.model_name)
             return pb.RepositoryModelUnloadResponse()
 
         return await _guarded(context, call)
 
+    def _check_management(self, context: grpc.aio.ServicerContext, repository_name: str) -> None:
+        """Raises what `_authorize` raises for ADMIN, ModelNotFound for a repository_name."""
+        self._authorize(context, Action.ADMIN)
+        if repository_name:
+            raise ModelNotFound("modelbay has one repository; leave repository_name empty")
 
-def _check_management(context: grpc.aio.ServicerContext, repository_name: str) -> None:
-    """Raises Forbidden for a caller off loopback, ModelNotFound for a repository_name."""
-    check_manager(peer_host(context.peer()))
-    if repository_name:
-        raise ModelNotFound("modelbay has one repository; leave repository_name empty")
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The call's text metadata as {key: value} (gRPC keys are lower-case; `-bin` keys are bytes
+    and left out). A repeated key keeps its last value."""
+    return {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
 
 
 def _parameter_value(parameter: pb.ModelRepositoryParameter) -> object:
@@ -180,16 +218,21 @@ async def _guarded(context: grpc.aio.ServicerContext, call: Callable[[], Awaitab
         return await call()
     except Exception as exc:
         code, details = status_of(exc)
-        await context.abort(code, details)
+        await context.abort(code, details, trailing_metadata=trailers_of(exc))
 
 
 def create_grpc_server(
-    dataplane: Dataplane, address: str, max_message_bytes: int, reuse_port: bool = False
+    dataplane: Dataplane,
+    address: str,
+    max_message_bytes: int,
+    reuse_port: bool = False,
+    access: Access | None = None,
 ) -> grpc.aio.Server:
     """A grpc.aio server for `dataplane` bound to `address` ("host:port"); not started yet.
 
     reuse_port: let several worker processes bind the same port (SO_REUSEPORT; the kernel spreads
-    connections across them). Raises RuntimeError when the address cannot be bound.
+    connections across them). access: the API keys (InferenceServicer). Raises RuntimeError when
+    the address cannot be bound.
     """
     server = grpc.aio.server(
         options=[
@@ -199,7 +242,7 @@ def create_grpc_server(
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(dataplane, max_message_bytes), server
+        InferenceServicer(dataplane, max_message_bytes, access), server
     )
     if server.add_insecure_port(address) == 0:
         raise RuntimeError(f"cannot bind gRPC to {address}")

@@ -15,6 +15,7 @@ Routes:
   POST /v2/repository/index, /v2/repository/models/{model}/load|unload
                                                     OIP model repository extension (http/repository.py)
 Every error body is `{"error": "..."}` with the status of `modelbay.http.errors.STATUS`.
+Who may call is checked once for every route, hot or not, by ModelbayApp (modelbay.auth.access).
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from modelbay.auth.access import Access, Action, authorize, credential
 from modelbay.codecs.oip_json import encode_json
-from modelbay.errors import Unavailable
-from modelbay.http.errors import guarded, json_response
-from modelbay.http.inference import InferenceRoutes, match
+from modelbay.errors import ModelbayError, Unavailable
+from modelbay.http.errors import error_body, guarded, json_response
+from modelbay.http.inference import CALLER, InferenceRoutes, match
 from modelbay.http.openapi import docs_page, openapi_document
 from modelbay.http.repository import repository_routes
 from modelbay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -57,11 +59,14 @@ def create_app(
     lifespan: Lifespan | None = None,
     *,
     max_upload_bytes: int = 256 * 1024 * 1024,
+    access: Access | None = None,
 ) -> ModelbayApp:
     """The ASGI app over `dataplane`.
 
     max_body_bytes: largest request body accepted; larger ones get 413.
     max_upload_bytes: largest body of a model repository load (a model sent with it), instead.
+    access: the API keys every request is checked against (`--auth`); None: no keys, everything
+              open but the model repository API, which answers loopback clients only.
     lifespan: what runs around serving; by default it starts and stops the dataplane's batchers
               (the Server passes one that also runs the gRPC door on the same event loop).
     """
@@ -130,7 +135,7 @@ def create_app(
         lifespan=lifespan or dataplane_only,
         exception_handlers={HTTPException: _http_error},
     )
-    return ModelbayApp(starlette, InferenceRoutes(dataplane, max_body_bytes))
+    return ModelbayApp(starlette, InferenceRoutes(dataplane, max_body_bytes), access)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -152,11 +157,16 @@ class ModelbayApp:
     when the server starts shutting down (modelbay.server): the models stop taking new
     requests, each `on_drain` hook runs (the gRPC door stops with the same grace), and requests
     still in flight after the drain deadline are answered 503 / UNAVAILABLE.
+    Every request passes `authorize` (modelbay.auth.access) with `access` first, before its body
+    is read; who called goes into the ASGI scope under CALLER (RequestContext.caller).
     """
 
-    def __init__(self, starlette: Starlette, inference: InferenceRoutes) -> None:
+    def __init__(
+        self, starlette: Starlette, inference: InferenceRoutes, access: Access | None = None
+    ) -> None:
         self.starlette = starlette
         self.inference = inference
+        self.access = access
         self.on_drain: list[Callable[[float], Awaitable[None]]] = []
         self._drain_tasks: list[asyncio.Future[None]] = []
         self._draining = False
@@ -194,9 +204,16 @@ class ModelbayApp:
             log.warning("drain deadline passed: %d request(s) still in flight answered 503", ended)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """ASGI entry: a hot route to InferenceRoutes (405 unless POST), the rest to Starlette."""
+        """ASGI entry: who called checked (`_authorize`), then a hot route to InferenceRoutes (405
+        unless POST), the rest to Starlette. Without API keys a hot route skips the check: it is open."""
         if scope["type"] == "http":
             route = match(scope["path"])
+            if route is None or self.access is not None:
+                try:
+                    scope[CALLER] = self._authorize(scope, route)
+                except ModelbayError as exc:
+                    await _send_error(send, exc)
+                    return
             if route is not None:
                 if scope["method"] == "POST":
                     await self.inference(scope, receive, send, route)
@@ -204,6 +221,53 @@ class ModelbayApp:
                     await _method_not_allowed(scope["method"], send)
                 return
         await self.starlette(scope, receive, send)
+
+    def _authorize(self, scope: Scope, route: tuple[str, str, str | None] | None) -> str:
+        """Who sent the HTTP request of `scope` (the key's name, or the client's address), if it
+        may; raises what modelbay.auth.access.authorize raises."""
+        action, model = (Action.INFER, route[1]) if route is not None else route_action(scope["path"])
+        client = scope.get("client")
+        key = None
+        if self.access is not None:
+            authorization = api_key = None
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    authorization = value.decode("latin-1")
+                elif name == b"x-api-key":
+                    api_key = value.decode("latin-1")
+            key = credential(authorization, api_key)
+        return authorize(self.access, action, key, client[0] if client else "", model)
+
+
+def route_action(path: str) -> tuple[Action, str | None]:
+    """What a request to `path` does, for the access check, and the model it names: by prefix, so
+    a route added later under one is covered too.
+
+      /predict/{model}..., /v2/models/{model}...   INFER, the model
+      /v2/repository...                             ADMIN (the model repository API)
+      anything else                                 HEALTH (health, /v2, /metrics, docs; or a 404)
+    """
+    parts = path.split("/")
+    if len(parts) >= 3 and parts[1] == "predict":
+        return Action.INFER, parts[2]
+    if len(parts) >= 3 and parts[1] == "v2":
+        if parts[2] == "models" and len(parts) >= 4:
+            return Action.INFER, parts[3]
+        if parts[2] == "repository":
+            return Action.ADMIN, None
+    return Action.HEALTH, None
+
+
+async def _send_error(send: Send, exc: ModelbayError) -> None:
+    status, headers, body = error_body(exc)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _method_not_allowed(method: str, send: Send) -> None:

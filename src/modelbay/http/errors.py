@@ -24,6 +24,8 @@ from modelbay.errors import (
     Overloaded,
     PayloadTooLarge,
     RequestTimeout,
+    TooManyRequests,
+    Unauthenticated,
     Unavailable,
     UnsupportedMediaType,
     internal_error,
@@ -34,7 +36,9 @@ log = logging.getLogger("modelbay.http")
 
 # Most specific class first: the first match in the exception's MRO wins.
 STATUS: dict[type[ModelbayError], int] = {
+    Unauthenticated: 401,
     Forbidden: 403,
+    TooManyRequests: 429,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     RequestTimeout: 408,
@@ -58,11 +62,19 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
 
 
 def error_body(exc: Exception) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Status, raw headers and OIP error body for any exception; an unexpected one is logged."""
+    """Status, raw headers and OIP error body for any exception; an unexpected one is logged.
+
+    Overloaded and TooManyRequests say when to retry (Retry-After, seconds); Unauthenticated says
+    how to authenticate (WWW-Authenticate: Bearer, RFC 6750).
+    """
     error = exc if isinstance(exc, ModelbayError) else internal_error(exc, log)
     headers = [(b"content-type", b"application/json")]
     if isinstance(error, Overloaded):
         headers.append((b"retry-after", b"1"))
+    elif isinstance(error, TooManyRequests):
+        headers.append((b"retry-after", str(error.retry_after_s).encode()))
+    elif isinstance(error, Unauthenticated):
+        headers.append((b"www-authenticate", b'Bearer realm="modelbay"'))
     return status_of(error), headers, encode_json({"error": error.message})
 
 

@@ -23,6 +23,7 @@ from modelbay.runtime.dataplane import Dataplane
 
 BINARY_HEADER = "inference-header-content-length"
 ROUTING_KEY = "modelbay-routing-key"  # what a traffic split keeps on one version (RequestContext)
+CALLER = "modelbay.caller"  # the ASGI scope's key for who called, as ModelbayApp's access check found
 _JSON = [(b"content-type", b"application/json")]
 _BINARY = (b"content-type", b"application/octet-stream")
 _BINARY_HEADER = BINARY_HEADER.encode()
@@ -108,11 +109,15 @@ class InferenceRoutes:
 
 
 def _context(scope: Scope, receive: Receive, headers: dict[str, str]) -> RequestContext:
-    """The request's context: its client watched through `receive`, who called, its trace and routing key."""
-    client = scope.get("client")
+    """The request's context: its client watched through `receive`, who called (the API key's
+    name, else the client's address), its trace and routing key."""
+    caller = scope.get(CALLER)
+    if caller is None:
+        client = scope.get("client")
+        caller = client[0] if client else ""
     return RequestContext(
         watch=functools.partial(_client_gone, receive),
-        caller=client[0] if client else "",
+        caller=caller,
         trace=headers.get("traceparent"),
         routing_key=headers.get(ROUTING_KEY),
         headers=headers,

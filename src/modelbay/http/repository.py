@@ -10,8 +10,8 @@ Bodies are optional JSON objects: the index takes {"ready": bool}; load and unlo
 {"parameters": {...}}: for load, Triton's `config` (a JSON object as a string) and
 `file:<version>/<path>` (a file's content in base64) read by runtime/management.load_request,
 within `max_upload_bytes`; default takes {"version": "2"}, or null (or nothing) for the highest.
-The API manages the server, so it answers only loopback clients until API keys exist (issue 11):
-403 otherwise.
+The API manages the server: ModelbayApp checks every `/v2/repository` request first
+(modelbay.auth.access): an admin API key with `--auth`, else a loopback client (403 otherwise).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from modelbay.errors import InvalidInput, PayloadTooLarge
 from modelbay.http.body import decode_json, header_dict, read_body
 from modelbay.http.errors import Endpoint, guarded, json_response
 from modelbay.runtime.dataplane import Dataplane
-from modelbay.runtime.management import check_manager, load_request
+from modelbay.runtime.management import load_request
 
 
 def repository_routes(
@@ -83,13 +83,9 @@ def repository_routes(
 
 
 def _managed(handler: Endpoint) -> Endpoint:
-    """`handler` for loopback callers only (Forbidden otherwise), its errors as OIP error bodies."""
-
-    async def checked(request: Request) -> Response:
-        check_manager(request.client.host if request.client else "")
-        return await handler(request)
-
-    return guarded(checked)
+    """`handler` with its errors as OIP error bodies. Who may manage (an admin key, or loopback
+    without keys) was checked before, for every /v2/repository path (ModelbayApp, modelbay.auth)."""
+    return guarded(handler)
 
 
 async def _body(request: Request, limit: int) -> dict[str, Any]:

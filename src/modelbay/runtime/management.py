@@ -1,5 +1,6 @@
-"""Who may manage the server, and what a load may carry: the rules both doors' repository
-extension apply (http/repository.py, grpc/servicer.py), written once."""
+"""Who may manage a server without API keys, and what a load may carry: the rules both doors'
+repository extension apply (http/repository.py, grpc/servicer.py, through modelbay.auth.access),
+written once."""
 
 from __future__ import annotations
 
@@ -30,10 +31,12 @@ def is_loopback_host(host: str) -> bool:
 
 def check_manager(host: str) -> None:
     """Raise Forbidden unless the caller at `host` is on loopback: the model repository API
-    manages the server, so it answers only loopback clients until API keys exist (issue 11)."""
+    manages the server, so without API keys (`--auth`) it answers only loopback clients; with
+    them, an admin key from any address (modelbay.auth.access)."""
     if not is_loopback_host(host):
         raise Forbidden(
-            "the model repository API answers only loopback clients until API keys exist (issue 11)"
+            "the model repository API answers only loopback clients on a server without API keys "
+            "(modelbay serve --auth)"
         )
 
 
