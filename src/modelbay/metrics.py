@@ -13,6 +13,12 @@ tune batching:
     modelbay_cache_requests_total{model,version,result}      hit | miss
     modelbay_default_outputs_total{model,version}            predictions answered with the default
                                                              output (batching.default_output)
+    modelbay_shadow_requests_total{model,version,status}     shadow calls (traffic.shadow) to this
+                                                             version: success, skipped (its queue was
+                                                             half full) or the error class
+    modelbay_shadow_duration_seconds{model,version}          a shadow call's time, answered ones
+    modelbay_shadow_agreement_total{model,version,result}    agree | disagree: its answer against the
+                                                             one served to the caller
 
 Model labels only ever name served models; a request for an unknown model is counted under
 model="" so a client cannot grow the label set.
@@ -136,6 +142,26 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.shadow_requests = Counter(
+            "modelbay_shadow_requests",
+            "Shadow calls to this version by outcome: success, skipped, or the error class.",
+            [*labels, "status"],
+            registry=self.registry,
+        )
+        self.shadow_duration = Histogram(
+            "modelbay_shadow_duration_seconds",
+            "Time of a shadow call that was answered.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.shadow_agreement = Counter(
+            "modelbay_shadow_agreement",
+            "Shadow answers compared with the answer served to the caller: agree or disagree.",
+            [*labels, "result"],
+            registry=self.registry,
+        )
+
     def for_model(self, model: str, version: str, queue_depth: Callable[[], float]) -> ModelMetrics:
         """Label-bound collectors for one model version; `queue_depth` is read at each scrape (in
         multiprocess mode, after each batch)."""
@@ -174,6 +200,8 @@ class ModelMetrics:
         self.cache_miss = metrics.cache.labels(model, version, "miss")
         self.default_outputs = metrics.default_outputs.labels(model, version)
         self._failures: set[tuple[str, str]] = set()  # (door, error) pairs counted, for `forget`
+        self._shadow_statuses: set[str] = set()  # shadow series are made on first use, for `forget`
+        self._shadow_results: set[str] = set()
         depth = metrics.queue_depth.labels(model, version)
         # A function is read at scrape time, in this process only; workers write a value instead.
         self._depth: Callable[[], None] | None = None
@@ -200,6 +228,19 @@ class ModelMetrics:
             self._failures.add((door, type(error).__name__))
             self._metrics.requests.labels(*self._labels, door, type(error).__name__).inc()
 
+    def on_shadow(self, status: str, duration_s: float | None = None, agreed: bool | None = None) -> None:
+        """Record one shadow call to this version: its status ("success", "skipped" or the error
+        class), its time in seconds when it answered, and whether its answer agreed with the one
+        served (None: not compared)."""
+        self._shadow_statuses.add(status)
+        self._metrics.shadow_requests.labels(*self._labels, status).inc()
+        if duration_s is not None:
+            self._metrics.shadow_duration.labels(*self._labels).observe(duration_s)
+        if agreed is not None:
+            result = "agree" if agreed else "disagree"
+            self._shadow_results.add(result)
+            self._metrics.shadow_agreement.labels(*self._labels, result).inc()
+
     def forget(self) -> None:
         """Remove this model version's series: it was unloaded. Else its queue-depth function would
         keep the unloaded model (weights and all) alive, and every new version would add series
@@ -217,3 +258,9 @@ class ModelMetrics:
             metrics.requests.remove(*labels, door, error)
         for result in ("hit", "miss"):
             metrics.cache.remove(*labels, result)
+        for status in self._shadow_statuses:
+            metrics.shadow_requests.remove(*labels, status)
+        for result in self._shadow_results:
+            metrics.shadow_agreement.remove(*labels, result)
+        if "success" in self._shadow_statuses:
+            metrics.shadow_duration.remove(*labels)

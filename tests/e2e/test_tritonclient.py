@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import free_port, modelbay_serve
+
+MODELBAY = str(Path(sys.executable).parent / "modelbay")
 
 WORDS_HANDLER = '''
 import numpy as np
@@ -301,3 +305,55 @@ def test_tritonclient_uploads_a_model_loads_and_unloads_it(
     message = refusal(lambda: client.load_model(name, config="[]", files={"file:3/model.onnx": onnx}))
     assert message.startswith(codes[transport]) and "must be a JSON object" in message
     assert index_of(client, name) == [("1", "READY"), ("2", "READY")]
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """`modelbay serve --auth` of the FP32 model, with a key made by `modelbay keys create`:
+    {"http": address, "grpc": address, "key": the key}."""
+    folder = tmp_path_factory.mktemp("guarded")
+    export(folder / "scale.pt2", torch.float32)
+    keys = folder / "keys.yaml"
+    made = subprocess.run(
+        [MODELBAY, "keys", "create", "--scope", "infer", "--name", "triton", "--file", str(keys)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    grpc_port = free_port()
+    with modelbay_serve(str(folder / "scale.pt2"), "--auth", str(keys), "--grpc-port", str(grpc_port)) as url:
+        yield {
+            "http": url.removeprefix("http://"),
+            "grpc": f"127.0.0.1:{grpc_port}",
+            "key": made.stdout.strip(),
+        }
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_tritonclient_with_a_key_infers_and_without_one_gets_401(
+    guarded: dict[str, Any], transport: str
+) -> None:
+    module = grpcclient if transport == "grpc" else httpclient
+    client = module.InferenceServerClient(guarded[transport])
+    # gRPC metadata keys are lower-case (grpcio refuses others); HTTP header names are any case.
+    name = "authorization" if transport == "grpc" else "Authorization"
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    tensor = module.InferInput("x", [2, 4], "FP32")
+    tensor.set_data_from_numpy(x)
+    try:
+        assert client.is_server_live() and client.is_server_ready()  # health stays open
+        for headers in ({name: f"Bearer {guarded['key']}"}, {"x-api-key": guarded["key"]}):
+            assert client.is_model_ready("scale", headers=headers)
+            result = client.infer("scale", [tensor], headers=headers)
+            np.testing.assert_array_equal(result.as_numpy("output"), x * 3)
+        unauthenticated = {"http": "401", "grpc": "StatusCode.UNAUTHENTICATED"}[transport]
+        for sent in (None, {name: "Bearer mb_not-a-key"}):
+            message = refusal(lambda sent=sent: client.infer("scale", [tensor], headers=sent))
+            assert message.startswith(unauthenticated) and "mb_not-a-key" not in message
+        message = refusal(
+            lambda: client.get_model_repository_index(headers={name: f"Bearer {guarded['key']}"})
+        )
+        assert message.startswith({"http": "403", "grpc": "StatusCode.PERMISSION_DENIED"}[transport])
+        assert "needs the admin scope" in message
+    finally:
+        client.close()

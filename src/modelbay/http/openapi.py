@@ -369,6 +369,55 @@ def _repository_paths() -> dict[str, Any]:
                 },
             }
         },
+        "/v2/repository/models/{model}/traffic": _traffic_path(refusals),
+    }
+
+
+def _traffic_path(refusals: dict[str, Any]) -> dict[str, Any]:
+    """modelbay's own route for a model's traffic policy (registry/traffic.py): read it, set it."""
+
+    def part(description: str, properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {"type": ["object", "null"], "description": description, "properties": properties, **extra}
+
+    weight, text = {"type": "number", "minimum": 0}, {"type": "string"}
+    split = part('weight per version (>= 0, summing to > 0), e.g. {"2": 90, "3": 10}', {})
+    sticky = part(
+        "with a split: callers with the same value of this header keep one version", {"header": text}
+    )
+    shadow = part(
+        "also send percent of the calls to version in the background, never returned",
+        {"version": text, "percent": {**weight, "maximum": 100}, "tolerance": weight},
+    )
+    policy = part(
+        "a model's traffic policy for the calls that name no version; null: none",
+        {
+            "split": {**split, "additionalProperties": weight},
+            "sticky": {**sticky, "required": ["header"], "additionalProperties": False},
+            "shadow": {**shadow, "required": ["version"], "additionalProperties": False},
+        },
+        additionalProperties=False,
+    )
+    serving = {
+        "split": part("percent per version loaded now; null: the default version answers", {}),
+        "shadow": {"type": ["string", "null"]},
+    }
+    answer = {
+        "type": "object",
+        "properties": {"name": text, "traffic": policy, "serving": {"type": "object", "properties": serving}},
+    }
+    operation = {"tags": ["repository"], "parameters": [_MODEL]}
+    return {
+        "get": {
+            **operation,
+            "summary": "A model's traffic policy and how it applies now (modelbay's own route)",
+            "responses": {"200": _json(answer), "403": _ERROR, "404": _ERROR},
+        },
+        "post": {
+            **operation,
+            "summary": "Set a model's traffic policy (null clears it), atomically (modelbay's own route)",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": policy}}},
+            "responses": {"200": _json(answer), **refusals, "404": _ERROR},
+        },
     }
 
 

@@ -5,6 +5,9 @@
   POST /v2/repository/models/{model}/unload   stop serving it once its requests are done
   POST /v2/repository/models/{model}/default  modelbay's own: which version answers unversioned
                                               calls; {"name", "version"}
+  GET  /v2/repository/models/{model}/traffic  modelbay's own: the model's traffic policy (split,
+  POST /v2/repository/models/{model}/traffic  sticky, shadow) and how it applies now; POST sets
+                                              it (the policy as JSON, null clears it)
 
 Bodies are optional JSON objects: the index takes {"ready": bool}; load and unload take
 {"parameters": {...}}: for load, Triton's `config` (a JSON object as a string) and
@@ -25,6 +28,7 @@ from starlette.routing import Route
 from modelbay.errors import InvalidInput, PayloadTooLarge
 from modelbay.http.body import decode_json, header_dict, read_body
 from modelbay.http.errors import Endpoint, guarded, json_response
+from modelbay.registry.traffic import traffic_json, traffic_policy
 from modelbay.runtime.dataplane import Dataplane
 from modelbay.runtime.management import load_request
 
@@ -74,11 +78,23 @@ def repository_routes(
         dataplane.set_default_version(name, version)
         return json_response({"name": name, "version": dataplane.registry.default_version(name)})
 
+    async def traffic(request: Request) -> Response:
+        name = request.path_params["model"]
+        if request.method == "POST":
+            raw = await read_body(request.receive, header_dict(request.scope), max_body_bytes)
+            if not raw.strip():
+                raise InvalidInput("send the traffic policy as JSON (null clears it); GET reads it")
+            dataplane.set_traffic(name, traffic_policy(decode_json(raw)))
+        registry = dataplane.registry
+        state = traffic_json(registry.traffic(name), registry.routes.get(name))
+        return json_response({"name": name, **state})
+
     return [
         Route("/v2/repository/index", _managed(index), methods=["POST"]),
         Route("/v2/repository/models/{model}/load", _managed(load), methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", _managed(unload), methods=["POST"]),
         Route("/v2/repository/models/{model}/default", _managed(default), methods=["POST"]),
+        Route("/v2/repository/models/{model}/traffic", _managed(traffic), methods=["GET", "POST"]),
     ]
 
 

@@ -26,7 +26,9 @@ from modelbay.errors import InvalidInput, ModelbayError, ModelLoadError, ModelNo
 from modelbay.loading import LoadedModel, load_model
 from modelbay.registry.registry import ModelRegistry, ServedModel, version_key
 from modelbay.registry.repository import Fingerprint, ModelRepository
+from modelbay.registry.traffic import policy_json
 from modelbay.registry.upload import write_versions
+from modelbay.settings import TrafficConfig
 
 if TYPE_CHECKING:
     from modelbay.runtime.dataplane import Dataplane
@@ -176,6 +178,12 @@ class ModelManager:
         self._registry.set_default(name, version)
         now = self._registry.default_version(name)
         log.info("model %r: unversioned calls now go to version %s", name, now)
+
+    def set_traffic(self, name: str, policy: TrafficConfig | None) -> None:
+        """Set the traffic policy of `name` (Dataplane.set_traffic)."""
+        self._check_allowed("set the traffic policy of")
+        self._registry.set_traffic(name, policy)
+        log.info("model %r: traffic policy now %s", name, policy_json(policy))
 
     async def poll(self, interval_s: float) -> None:
         """Poll mode, run as a task until cancelled: every `interval_s` seconds, load each model of
@@ -384,4 +392,5 @@ def build_served_model(loaded: LoadedModel) -> ServedModel:
         config.cache,
         timeout_s=config.timeout_s,
         preprocess_threads=config.preprocess_threads,
+        traffic=config.traffic,
     )

@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelbay.errors import ModelNotFound
+from modelbay.errors import InvalidInput, ModelNotFound
 from modelbay.metrics import ModelMetrics
 from modelbay.predictor import Predictor
+from modelbay.registry.traffic import Route, named_versions, resolve
 from modelbay.runtime.batcher import Batcher
 from modelbay.runtime.cache import PredictionCache
 from modelbay.runtime.threads import DaemonThreadPool
-from modelbay.settings import BatchingConfig, CacheConfig
+from modelbay.settings import BatchingConfig, CacheConfig, TrafficConfig
 
 
 @dataclass(eq=False)
@@ -23,6 +24,7 @@ class ServedModel:
 
     timeout_s: longest a request may take, in seconds (ModelConfig.timeout_s); None: no limit.
     preprocess_threads: size of `hooks`, the model's own pool for its per-request hooks.
+    traffic: the model's traffic policy in this version's settings (ModelConfig.traffic).
     ready:   True between a successful start and stop (OIP "model ready").
     metrics: bound by the Dataplane that serves it.
     """
@@ -35,6 +37,7 @@ class ServedModel:
     cache_config: CacheConfig | None = None
     timeout_s: float | None = 60.0
     preprocess_threads: int = 2
+    traffic: TrafficConfig | None = None
     ready: bool = False
     batcher: Batcher = field(init=False)
     cache: PredictionCache | None = field(init=False, default=None)
@@ -87,7 +90,8 @@ def version_key(version: str) -> tuple[int, int | str]:
 
 class ModelRegistry:
     """Models by name; each name holds one or more versions, the highest being the default
-    unless `set_default` pinned another.
+    unless `set_default` pinned another, and a traffic policy may share the calls that name no
+    version among them (`routes`, registry/traffic.py).
 
     Versions compare numerically when they are digits ("10" > "9"), else as text.
     """
@@ -96,6 +100,10 @@ class ModelRegistry:
         self._models: dict[str, dict[str, ServedModel]] = {}
         self._default: dict[str, ServedModel] = {}  # what unversioned calls get (_refresh_default)
         self._pinned: dict[str, str] = {}  # name -> version set by set_default
+        self._traffic: dict[str, TrafficConfig] = {}  # name -> policy (from settings or set_traffic)
+        self._configured: dict[str, TrafficConfig | None] = {}  # name -> the settings' policy, last seen
+        # name -> the policy resolved against the versions served: read once per unversioned call.
+        self.routes: dict[str, Route] = {}
 
     def add(self, model: ServedModel) -> None:
         """Register `model`. Raises ValueError if that name and version are already served."""
@@ -111,6 +119,9 @@ class ModelRegistry:
         versions = self._models.setdefault(model.name, {})
         old = versions.get(model.version)
         versions[model.version] = model
+        if model.traffic != self._configured.get(model.name):  # the settings' policy changed: it wins
+            self._configured[model.name] = model.traffic
+            self._set_policy(model.name, model.traffic)
         self._refresh_default(model.name)
         return old
 
@@ -137,6 +148,45 @@ class ModelRegistry:
             self._pinned[name] = version
         self._refresh_default(name)
 
+    def set_traffic(self, name: str, policy: TrafficConfig | None) -> None:
+        """Make `policy` share the unversioned calls to `name` from now on (None: the default
+        version answers them all): one dict assignment of a new Route, so a request follows the
+        old policy or the new, never a mix. It holds until changed again, by this call or by a
+        load bringing a changed `traffic:` in the model's settings.
+
+        Raises ModelNotFound for a name not served, InvalidInput when the policy names a version
+        that is not served.
+        """
+        served = self.versions(name)
+        unknown = sorted(named_versions(policy) - set(served)) if policy is not None else []
+        if unknown:
+            raise InvalidInput(
+                f"the traffic policy names version(s) {unknown} of model {name!r}, which are not "
+                f"loaded; loaded versions: {served}"
+            )
+        self._set_policy(name, policy)
+        self._refresh_route(name)
+
+    def traffic(self, name: str) -> TrafficConfig | None:
+        """The traffic policy of `name`, None when it has none. Raises ModelNotFound."""
+        self.versions(name)
+        return self._traffic.get(name)
+
+    def _set_policy(self, name: str, policy: TrafficConfig | None) -> None:
+        if policy is None:
+            self._traffic.pop(name, None)
+        else:
+            self._traffic[name] = policy
+
+    def _refresh_route(self, name: str) -> None:
+        """Resolve the policy of `name` against its versions now served, and swap it in."""
+        policy, versions = self._traffic.get(name), self._models.get(name)
+        route = resolve(policy, versions) if policy is not None and versions else None
+        if route is None:
+            self.routes.pop(name, None)
+        else:
+            self.routes[name] = route
+
     def default_version(self, name: str) -> str | None:
         """The version answering unversioned calls to `name`, or None when none is served."""
         default = self._default.get(name)
@@ -152,6 +202,7 @@ class ModelRegistry:
         else:
             self._models.pop(name, None)
             self._default.pop(name, None)
+        self._refresh_route(name)
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
         """The model `name` at `version` (default: its highest version).

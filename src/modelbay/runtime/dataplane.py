@@ -7,6 +7,7 @@ wire format into these calls and map the `modelbay.errors` they raise to status 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from modelbay.registry.registry import ModelRegistry, ServedModel
 from modelbay.runtime.batcher import DefaultOutput
 from modelbay.runtime.cache import request_key
 from modelbay.runtime.context import ClientGone, RequestContext
+from modelbay.runtime.shadow import Shadows
+from modelbay.settings import TrafficConfig
 from modelbay.types import InferenceRequest, InferenceResponse
 
 SERVER_NAME = "modelbay"
@@ -56,7 +59,11 @@ class PredictResult:
 
 
 class Dataplane:
-    """Health, metadata and inference over the models of a registry, with their metrics and caches."""
+    """Health, metadata and inference over the models of a registry, with their metrics and caches.
+
+    random: the draw of traffic splits and shadows, a uniform float in [0, 1) (a seeded
+            `random.Random(seed).random` makes them repeatable).
+    """
 
     def __init__(self, registry: ModelRegistry, metrics: Metrics | None = None) -> None:
         self.registry = registry
@@ -65,6 +72,8 @@ class Dataplane:
         self._busy = asyncio.Event()  # set when a request arrives while none is in flight
         self._sweeper: asyncio.Task[None] | None = None
         self.manager: ModelManager | None = None  # set by the server (modelbay.registry.manager)
+        self.random: Callable[[], float] = random.random
+        self.shadows = Shadows()
         for model in registry:
             self.attach(model)
 
@@ -87,6 +96,7 @@ class Dataplane:
         """Mark models not ready, then stop them (queued requests get ModelNotReady)."""
         for model in self.registry:
             model.ready = False
+        await self.shadows.stop()
         await asyncio.gather(*(model.stop() for model in self.registry))
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -163,6 +173,15 @@ class Dataplane:
         Raises ModelNotFound when `name` is not loaded or has no such version loaded.
         """
         self._manager().set_default(name, version)
+
+    def set_traffic(self, name: str, policy: TrafficConfig | None) -> None:
+        """Make `policy` share the unversioned calls to model `name` among its versions from now
+        on, atomically; None: the default version answers them (ModelRegistry.set_traffic).
+
+        Raises ModelNotFound for a model not loaded, InvalidInput when the policy names a version
+        not loaded, and what `load_model` raises when the API is refused.
+        """
+        self._manager().set_traffic(name, policy)
 
     def _manager(self) -> ModelManager:
         if self.manager is None:
@@ -279,22 +298,24 @@ class Dataplane:
         """
         started = time.perf_counter()
         model = None
+        route = self.registry.routes.get(name) if version is None else None  # a traffic policy
         try:
-            model = self._ready_model(name, version)
+            model = self._ready_model(name, version if route is None else route.pick(context, self.random))
             if model.cache is None:
-                answer, defaults = await self._within(context, model, compute(model))
+                raw, defaults = await self._within(context, model, compute(model))
             else:
                 served = model
                 cached = _cached(served, key(), lambda: compute(served), keep=lambda answer: not answer[1])
-                answer, defaults = await self._within(context, model, cached)
-            if finish is not None:
-                answer = finish(answer)
+                raw, defaults = await self._within(context, model, cached)
+            answer = raw if finish is None else finish(raw)
         except Exception as exc:
             self._record(model, door, started, exc)
             raise
         self._record(model, door, started, None)
         if defaults and model.metrics is not None:
             model.metrics.default_outputs.inc(1 if defaults is True else len(defaults))
+        if route is not None and (shadow := route.shadows(model, self.random)) is not None:
+            self.shadows.send(shadow, compute, None if defaults else raw, route.tolerance)
         return model, answer, defaults
 
     async def _within(self, context: RequestContext | None, model: ServedModel, work: Awaitable[Any]) -> Any:
