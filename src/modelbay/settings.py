@@ -16,9 +16,11 @@ environment at import.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -185,6 +187,63 @@ class TrafficConfig(_FrozenConfig, frozen=True):
             raise msgspec.ValidationError("traffic: sticky needs a split to keep callers on")
 
 
+# A host name of url_inputs.allow_hosts: DNS labels, the first of them perhaps "*" (any names below).
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
+
+
+class UrlInputConfig(_Config):
+    """Inputs by URL for one model's simple door (`POST /predict/{model}?url=...`), off unless set:
+    the server fetches the URL and takes its bytes as the example (modelbay.runtime.fetch).
+
+    allow_hosts:   the hosts a URL may name, on its first request and on every redirect: exact
+                   names ("images.example.com", or an IP address as the URL writes it) or
+                   "*.example.com" (any name ending in ".example.com", not example.com itself);
+                   ASCII (an internationalized name in its xn-- form), compared without case.
+                   Whatever it lists, nothing is fetched from a loopback, private, link-local
+                   (the cloud metadata address 169.254.169.254 included), CGNAT, multicast,
+                   reserved or unspecified address: every address a name resolves to is checked
+                   on every connection, and the connection goes to the address checked.
+    max_bytes:     largest body fetched, in bytes (default 10 MiB); past it the fetch stops: 413.
+    timeout_s:     longest one URL's fetch may take, in seconds, from its first connection to its
+                   last byte, redirects included; past it 504. The request's deadline (the
+                   model's timeout_s) bounds it too.
+    max_redirects: redirects followed per URL; one more is refused with 400.
+    max_urls:      most URLs in one request (each may bring max_bytes).
+    allow_http:    also fetch http:// URLs (no TLS: anyone on the path can change the bytes);
+                   false (default): https only.
+    """
+
+    allow_hosts: list[str]
+    max_bytes: int = 10 * 1024 * 1024
+    timeout_s: float = 10.0
+    max_redirects: int = 3
+    max_urls: int = 8
+    allow_http: bool = False
+
+    def __post_init__(self) -> None:
+        self.allow_hosts = [host.lower() for host in self.allow_hosts]
+        bad = [host for host in self.allow_hosts if not _allowed_host(host)]
+        if not self.allow_hosts or bad:
+            raise msgspec.ValidationError(
+                "url_inputs: allow_hosts must list host names (images.example.com, *.example.com) "
+                f"or IP addresses, got {bad or 'none'}"
+            )
+        if self.max_bytes < 1 or not self.timeout_s > 0 or self.max_redirects < 0 or self.max_urls < 1:
+            raise msgspec.ValidationError(
+                "url_inputs: max_bytes and max_urls must be >= 1, timeout_s > 0, max_redirects >= 0"
+            )
+
+
+def _allowed_host(host: str) -> bool:
+    """True for an entry of url_inputs.allow_hosts: a host name, "*." and a name, or an IP address."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return _HOST_NAME.fullmatch(host) is not None
+    return True
+
+
 class ModelConfig(_Config):
     """How to load and serve one model: the CLI flags, a `models:` entry in YAML, or `modelbay.yaml`.
 
@@ -217,6 +276,9 @@ class ModelConfig(_Config):
     traffic:     the model's traffic policy (TrafficConfig: split, sticky, shadow) for the calls
                  that name no version; the management API changes it at runtime. None: they go
                  to the default version.
+    url_inputs:  let the simple door's examples be URLs the server fetches (UrlInputConfig:
+                 allow_hosts, max_bytes, timeout_s, ...); a policy is set whole by one source,
+                 never merged key by key. None (default): an example given by URL gets 400.
     """
 
     path: str | None = None
@@ -240,6 +302,7 @@ class ModelConfig(_Config):
     preprocess_threads: int = 2
     worker_process: bool = False
     traffic: TrafficConfig | None = None
+    url_inputs: UrlInputConfig | None = None
 
     def __post_init__(self) -> None:
         if self.timeout_s is not None and self.timeout_s <= 0:

@@ -123,6 +123,24 @@ MODEL_UNFLAGGED = {
             "shadow": {"version": "4", "percent": 20.0, "tolerance": 0.001},
         },
     ),
+    "url_inputs": (
+        {
+            "allow_hosts": ["images.a.test"],
+            "max_bytes": 1000,
+            "timeout_s": 1.0,
+            "max_redirects": 0,
+            "max_urls": 1,
+            "allow_http": True,
+        },
+        {
+            "allow_hosts": ["*.b.test", "203.0.113.7"],
+            "max_bytes": 2000,
+            "timeout_s": 2.0,
+            "max_redirects": 5,
+            "max_urls": 2,
+            "allow_http": False,
+        },
+    ),
 }
 NESTED = {"image": ImageConfig, "batching": BatchingConfig, "cache": CacheConfig}
 

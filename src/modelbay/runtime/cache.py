@@ -19,11 +19,14 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from modelbay.runtime.fetch import UrlInput
+
 _encode = msgspec.json.Encoder(order="deterministic").encode
 
 
 def request_key(parts: Iterable[Any]) -> bytes:
-    """A 16-byte digest of `parts`: numpy arrays (dtype, shape and bytes), bytes, or JSON-able values."""
+    """A 16-byte digest of `parts`: numpy arrays (dtype, shape and bytes), bytes, URL inputs (their
+    URL: the same URL is answered from the cache without being fetched again), or JSON-able values."""
     digest = hashlib.blake2b(digest_size=16)
     for part in parts:
         if isinstance(part, np.ndarray):
@@ -36,6 +39,9 @@ def request_key(parts: Iterable[Any]) -> bytes:
                 digest.update(np.ascontiguousarray(part).data)
         elif isinstance(part, bytes | bytearray):
             digest.update(b"b" + len(part).to_bytes(8, "little") + part)
+        elif isinstance(part, UrlInput):  # never the key of JSON {"url": ...}
+            url = part.url.encode()
+            digest.update(b"u" + len(url).to_bytes(8, "little") + url)
         else:
             encoded = _encode(part)
             digest.update(b"j" + len(encoded).to_bytes(8, "little") + encoded)
