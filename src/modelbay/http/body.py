@@ -1,7 +1,8 @@
-"""Request bodies: read within `max_body_bytes`, and the simple door's three ways to send an example."""
+"""Request bodies: read within `max_body_bytes`, and the simple door's ways to send an example."""
 
 from __future__ import annotations
 
+import urllib.parse
 import zlib
 from typing import Any
 
@@ -12,6 +13,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope
 
 from modelbay.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from modelbay.runtime.fetch import UrlInput
 
 _json = msgspec.json.Decoder()
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # gzip header / zlib stream
@@ -85,14 +87,22 @@ def decode_json(body: bytes) -> Any:
 async def predict_examples(scope: Scope, headers: dict[str, str], body: bytes) -> tuple[list[Any], bool]:
     """The examples of a `POST /predict/{model}` body, and whether it asked for a single one.
 
+    - `?url=...` in the query (repeated for several) and no body: each URL is one example, a
+      UrlInput the core fetches if the model allows it (`url_inputs`); one URL -> single.
     - `multipart/form-data`: each uploaded file is one example (bytes); one file -> single.
     - JSON (`application/json`, or any body opening with "{"): `{"input": x}` is one example,
-      `{"inputs": [x, ...]}` a list of them.
+      `{"inputs": [x, ...]}` a list of them; `{"url": "https://..."}` one example by URL,
+      `{"urls": [...]}` several (alone: never beside input or inputs).
     - anything else (image/*, application/octet-stream, curl's default form type): the raw body
       is one example (bytes).
-    Raises InvalidInput for an empty body or JSON of another shape, UnsupportedMediaType for a
-    multipart body without files.
+    Raises InvalidInput for an empty body, a body beside `?url=`, or JSON of another shape,
+    UnsupportedMediaType for a multipart body without files.
     """
+    urls = _query_urls(scope)
+    if urls:
+        if body:
+            raise InvalidInput("send the example in the body or as ?url=, not both")
+        return [UrlInput(url) for url in urls], len(urls) == 1
     content_type = headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         files = await _uploaded_files(Headers(scope=scope), body)
@@ -101,6 +111,8 @@ async def predict_examples(scope: Scope, headers: dict[str, str], body: bytes) -
         raise InvalidInput('request body is empty; send an image, or JSON {"input": ...}')
     if "json" in content_type or (body[:1] == b"{" and not content_type.startswith("image/")):
         value = decode_json(body)
+        if isinstance(value, dict) and ("url" in value or "urls" in value):
+            return _json_urls(value)
         if isinstance(value, dict) and "input" in value:
             return [value["input"]], True
         if isinstance(value, dict) and isinstance(value.get("inputs"), list):
@@ -108,6 +120,30 @@ async def predict_examples(scope: Scope, headers: dict[str, str], body: bytes) -
         keys = sorted(value) if isinstance(value, dict) else type(value).__name__
         raise InvalidInput(f'expected a JSON object {{"input": ...}} or {{"inputs": [...]}}, got {keys}')
     return [body], True
+
+
+def _query_urls(scope: Scope) -> list[str]:
+    """The `url` parameters of the request's query string, in order ([] without a query)."""
+    query = scope.get("query_string")
+    if not query:
+        return []
+    pairs = urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    return [value for name, value in pairs if name == "url"]
+
+
+def _json_urls(value: dict[str, Any]) -> tuple[list[Any], bool]:
+    """The examples of a JSON body `{"url": "..."}` (single) or `{"urls": ["...", ...]}`."""
+    forms = [key for key in ("input", "inputs", "url", "urls") if key in value]
+    if len(forms) > 1:
+        raise InvalidInput(f"send one of input, inputs, url or urls, not {' and '.join(forms)}")
+    if "url" in value:
+        if not isinstance(value["url"], str):
+            raise InvalidInput(f'"url" must be a string, got {type(value["url"]).__name__}')
+        return [UrlInput(value["url"])], True
+    urls = value["urls"]
+    if not isinstance(urls, list) or not urls or not all(isinstance(url, str) for url in urls):
+        raise InvalidInput('"urls" must be a list of one or more URL strings')
+    return [UrlInput(url) for url in urls], False
 
 
 async def _uploaded_files(headers: Headers, body: bytes) -> list[Any]:

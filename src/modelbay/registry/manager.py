@@ -392,5 +392,6 @@ def build_served_model(loaded: LoadedModel) -> ServedModel:
         config.cache,
         timeout_s=config.timeout_s,
         preprocess_threads=config.preprocess_threads,
+        url_inputs=config.url_inputs,
         traffic=config.traffic,
     )

@@ -15,7 +15,7 @@ from modelbay.registry.traffic import Route, named_versions, resolve
 from modelbay.runtime.batcher import Batcher
 from modelbay.runtime.cache import PredictionCache
 from modelbay.runtime.threads import DaemonThreadPool
-from modelbay.settings import BatchingConfig, CacheConfig, TrafficConfig
+from modelbay.settings import BatchingConfig, CacheConfig, TrafficConfig, UrlInputConfig
 
 
 @dataclass(eq=False)
@@ -24,6 +24,7 @@ class ServedModel:
 
     timeout_s: longest a request may take, in seconds (ModelConfig.timeout_s); None: no limit.
     preprocess_threads: size of `hooks`, the model's own pool for its per-request hooks.
+    url_inputs: which URLs the simple door may fetch for it (ModelConfig.url_inputs); None: none.
     traffic: the model's traffic policy in this version's settings (ModelConfig.traffic).
     ready:   True between a successful start and stop (OIP "model ready").
     metrics: bound by the Dataplane that serves it.
@@ -37,6 +38,7 @@ class ServedModel:
     cache_config: CacheConfig | None = None
     timeout_s: float | None = 60.0
     preprocess_threads: int = 2
+    url_inputs: UrlInputConfig | None = None
     traffic: TrafficConfig | None = None
     ready: bool = False
     batcher: Batcher = field(init=False)

@@ -30,6 +30,7 @@ from modelbay.registry.registry import ModelRegistry, ServedModel
 from modelbay.runtime.batcher import DefaultOutput
 from modelbay.runtime.cache import request_key
 from modelbay.runtime.context import ClientGone, RequestContext
+from modelbay.runtime.fetch import UrlFetcher
 from modelbay.runtime.shadow import Shadows
 from modelbay.settings import TrafficConfig
 from modelbay.types import InferenceRequest, InferenceResponse
@@ -72,6 +73,7 @@ class Dataplane:
         self._busy = asyncio.Event()  # set when a request arrives while none is in flight
         self._sweeper: asyncio.Task[None] | None = None
         self.manager: ModelManager | None = None  # set by the server (modelbay.registry.manager)
+        self.fetcher = UrlFetcher()  # the simple door's inputs by URL (runtime/fetch.py)
         self.random: Callable[[], float] = random.random
         self.shadows = Shadows()
         for model in registry:
@@ -265,15 +267,17 @@ class Dataplane:
         """The simple door: each example preprocessed, batched, postprocessed; one prediction each.
 
         examples: raw bytes or JSON values, one per prediction wanted; at most the model's
-        `max_queue_size` (more: PayloadTooLarge, 413), queued together or not at all.
-        Raises what `infer` raises.
+        `max_queue_size` (more: PayloadTooLarge, 413), queued together or not at all. A
+        `UrlInput` is fetched (`self.fetcher`, under the model's `url_inputs`) and its bytes
+        preprocessed in its place, within the request's deadline.
+        Raises what `infer` raises, and what UrlFetcher.resolve raises.
         """
 
         def compute(model: ServedModel) -> Awaitable[tuple[list[Any], list[int]]]:
             if not examples:
                 raise InvalidInput("the request has no examples; send at least one")
             model.batcher.check_count(len(examples))  # before preprocessing them all
-            return _predict(model, examples)
+            return _predict(model, examples, self.fetcher)
 
         model, predictions, defaults = await self._serve(
             "predict", name, version, context, compute, lambda: request_key(["predict", *examples])
@@ -397,8 +401,12 @@ async def _infer(model: ServedModel, inputs: dict[str, np.ndarray]) -> tuple[dic
     return outputs, defaulted
 
 
-async def _predict(model: ServedModel, examples: list[Any]) -> tuple[list[Any], list[int]]:
-    """One prediction per example, and the indices of those that are the default output."""
+async def _predict(
+    model: ServedModel, examples: list[Any], fetcher: UrlFetcher
+) -> tuple[list[Any], list[int]]:
+    """One prediction per example (a UrlInput fetched first), and the indices of those that are
+    the default output."""
+    examples = await fetcher.resolve(examples, model.url_inputs, model.name)
     predictor = model.predictor
     in_thread = predictor.preprocess_in_thread
     pre, post = predictor.preprocess, predictor.postprocess
