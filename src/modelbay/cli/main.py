@@ -1,6 +1,6 @@
 """The `modelbay` command: `serve [PATH ...]`, `predict MODEL FILE...`, `models`, `load MODEL`,
-`unload MODEL`, `deploy FOLDER`, `default MODEL [VERSION]` (cli/repository.py), `keys create / list /
-revoke` (cli/keys.py) and `version`.
+`unload MODEL`, `deploy FOLDER`, `default MODEL [VERSION]`, `traffic MODEL` (cli/repository.py),
+`keys create / list / revoke` (cli/keys.py) and `version`.
 
 The commands that call a server send the API key in `MODELBAY_API_KEY`, if set (a variable, not a
 flag: a key on the command line would be seen in `ps` and the shell's history)."""
@@ -388,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(__version__)
         return 0
-    if args.command in ("models", "load", "unload", "deploy", "default"):
+    if args.command in ("models", "load", "unload", "deploy", "default", "traffic"):
         try:
             url = args.url or default_url(environment())
         except ModelLoadError as exc:

@@ -1,6 +1,6 @@
-"""`modelbay models`, `load MODEL`, `unload MODEL`, `deploy FOLDER`, `default MODEL [VERSION]`:
-a running server's model repository, through the OIP model repository extension (REST or gRPC;
-`default` is modelbay's own REST route)."""
+"""`modelbay models`, `load MODEL`, `unload MODEL`, `deploy FOLDER`, `default MODEL [VERSION]`,
+`traffic MODEL [--split ...]`: a running server's model repository, through the OIP model
+repository extension (REST or gRPC; `default` and `traffic` are modelbay's own REST routes)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,38 @@ def add_parsers(commands: Any) -> None:
     default.add_argument("model", metavar="MODEL")
     default.add_argument("version", metavar="VERSION", nargs="?")
     default.add_argument("--url", help=URL_HELP)
+    _add_traffic_parser(commands)
+
+
+def _add_traffic_parser(commands: Any) -> None:
+    traffic = commands.add_parser(
+        "traffic",
+        help="show or set how MODEL's calls that name no version are shared among its versions",
+        description="Without options, show MODEL's traffic policy and how it applies to the "
+        "versions loaded now. With options, replace the policy with the one they make, at once "
+        "(a call that names a version always gets that version).",
+    )
+    traffic.add_argument("model", metavar="MODEL")
+    traffic.add_argument(
+        "--split", type=split_weights, metavar="V=W,...", help="weight per version, e.g. 2=90,3=10 (a canary)"
+    )
+    traffic.add_argument(
+        "--sticky-header",
+        metavar="HEADER",
+        help="with --split: callers with the same HEADER value keep one version",
+    )
+    traffic.add_argument(
+        "--shadow",
+        type=shadow_target,
+        metavar="V[:PERCENT]",
+        help="also send PERCENT (default 100) of the calls to version V in the background; its "
+        "answers are compared and counted (modelbay_shadow_* metrics), never returned",
+    )
+    traffic.add_argument(
+        "--clear", action="store_true", help="remove the policy: the default version answers"
+    )
+    traffic.add_argument("--json", action="store_true", help="print the server's answer as JSON")
+    traffic.add_argument("--url", help=URL_HELP)
 
 
 def run(args: argparse.Namespace, url: str, api_key: str | None = None) -> int:
@@ -85,6 +117,9 @@ def run(args: argparse.Namespace, url: str, api_key: str | None = None) -> int:
                 print(f"model {args.model!r} unloaded")
             elif args.command == "deploy":
                 _deploy(client, url, args.folder, args.name, args.version, api_key)
+            elif args.command == "traffic":
+                state = _traffic(client, args)
+                print(json.dumps(state) if args.json else describe_traffic(state))
             else:
                 version = client.set_default_version(args.model, args.version)
                 print(f"model {args.model!r}: calls that name no version go to version {version}")
@@ -92,6 +127,67 @@ def run(args: argparse.Namespace, url: str, api_key: str | None = None) -> int:
         print(f"modelbay: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _traffic(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    """The model's traffic as the server says it, after setting it when options were given."""
+    chosen = [args.split, args.sticky_header, args.shadow]
+    if args.clear and any(option is not None for option in chosen):
+        raise ValueError("--clear removes the policy; give it alone")
+    if args.clear:
+        return client.set_traffic(args.model, None)
+    if all(option is None for option in chosen):
+        return client.traffic(args.model)
+    policy: dict[str, Any] = {"split": args.split, "shadow": args.shadow}
+    if args.sticky_header is not None:
+        policy["sticky"] = {"header": args.sticky_header}
+    return client.set_traffic(args.model, policy)
+
+
+def split_weights(text: str) -> dict[str, float]:
+    """`--split 2=90,3=10` as {"2": 90.0, "3": 10.0}. Raises argparse.ArgumentTypeError."""
+    weights = {}
+    for part in text.split(","):
+        version, _, weight = part.partition("=")
+        try:
+            weights[version.strip()] = float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected VERSION=WEIGHT, e.g. 2=90,3=10; got {part!r}"
+            ) from None
+    return weights
+
+
+def shadow_target(text: str) -> dict[str, Any]:
+    """`--shadow 4:20` as {"version": "4", "percent": 20.0} (percent 100 when not given)."""
+    version, _, percent = text.partition(":")
+    try:
+        return {"version": version, "percent": float(percent) if percent else 100.0}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected VERSION[:PERCENT], e.g. 4:20; got {text!r}") from None
+
+
+def describe_traffic(state: dict[str, Any]) -> str:
+    """Two lines: the policy as set, and how it applies to the versions loaded now."""
+    name, policy, serving = state["name"], state["traffic"], state["serving"]
+
+    def shares(split: dict[str, float] | None) -> str:
+        return ", ".join(f"{version}={weight:g}" for version, weight in (split or {}).items())
+
+    if policy is None:
+        set_line = f"model {name!r}: no traffic policy"
+    else:
+        parts = [f"split {shares(policy['split'])}"] if policy["split"] else []
+        if policy["sticky"]:
+            parts.append(f"sticky by {policy['sticky']['header']}")
+        if policy["shadow"]:
+            parts.append(
+                f"shadow to version {policy['shadow']['version']} at {policy['shadow']['percent']:g}%"
+            )
+        set_line = f"model {name!r}: " + "; ".join(parts or ["an empty policy"])
+    now = f"split {shares(serving['split'])} (percent)" if serving["split"] else "the default version"
+    shadow = f"; shadow to version {serving['shadow']}" if serving["shadow"] else ""
+    return f"{set_line}\nserving now: {now}{shadow}"
 
 
 def _deploy(

@@ -8,6 +8,7 @@
         client.predict("digits", Path("7.png"))              # the simple door (HTTP only)
         client.load_model("tiny", files={"2/model.onnx": data})   # the model repository (loopback)
         client.set_default_version("tiny", "1")              # unversioned calls go to 1 (HTTP only)
+        client.set_traffic("tiny", {"split": {"1": 90, "2": 10}})   # a canary (HTTP only)
 
 `AsyncClient` has the same methods as coroutines. Tensors travel raw: over HTTP with the binary
 tensor extension (`binary=False` sends JSON), over gRPC as raw contents. `api_key=` sends an API
@@ -236,6 +237,28 @@ class Client(_Base):
         reply = self._repository(f"/v2/repository/models/{model}/default", {"version": version})
         return str(reply["version"])
 
+    def traffic(self, model: str) -> dict[str, Any]:
+        """The traffic policy of `model` and how it applies now: {"name", "traffic": the policy
+        or None, "serving": {"split": percent per version loaded or None, "shadow": version or
+        None}}. HTTP only (modelbay's own route). Raises ModelNotFound."""
+        return self._traffic_call(model, None, read=True)
+
+    def set_traffic(self, model: str, policy: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Set the traffic policy of `model` for the calls that name no version, atomically:
+        {"split": {"2": 90, "3": 10}, "sticky": {"header": "x-user-id"}, "shadow": {"version":
+        "4", "percent": 20}} (modelbay.yaml's `traffic:` fields); None clears it. Returns what
+        `traffic` returns. Raises InvalidInput (a bad policy, a version not loaded), ModelNotFound.
+        """
+        return self._traffic_call(model, policy, read=False)
+
+    def _traffic_call(self, model: str, policy: Mapping[str, Any] | None, read: bool) -> dict[str, Any]:
+        if self.transport != "http":
+            raise ModelbayError("traffic is modelbay's own HTTP route; use an http:// URL")
+        path = f"/v2/repository/models/{model}/traffic"
+        response = self._http.get(path) if read else self._http.post(path, **_rest.json_content(policy))
+        _rest.raise_for_status(response.status_code, response.headers, response.content)
+        return dict(response.json())
+
     def _repository(self, path: str, body: dict[str, Any]) -> Any:
         response = self._http.post(path, json=body)
         _rest.raise_for_status(response.status_code, response.headers, response.content)
@@ -383,6 +406,25 @@ class AsyncClient(_Base):
             raise ModelbayError("set_default_version is modelbay's own HTTP route; use an http:// URL")
         reply = await self._repository(f"/v2/repository/models/{model}/default", {"version": version})
         return str(reply["version"])
+
+    async def traffic(self, model: str) -> dict[str, Any]:
+        """The traffic policy of `model` and how it applies now (see Client.traffic)."""
+        return await self._traffic_call(model, None, read=True)
+
+    async def set_traffic(self, model: str, policy: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Set the traffic policy of `model`; None clears it (see Client.set_traffic)."""
+        return await self._traffic_call(model, policy, read=False)
+
+    async def _traffic_call(self, model: str, policy: Mapping[str, Any] | None, read: bool) -> dict[str, Any]:
+        if self.transport != "http":
+            raise ModelbayError("traffic is modelbay's own HTTP route; use an http:// URL")
+        path = f"/v2/repository/models/{model}/traffic"
+        if read:
+            response = await self._http.get(path)
+        else:
+            response = await self._http.post(path, **_rest.json_content(policy))
+        _rest.raise_for_status(response.status_code, response.headers, response.content)
+        return dict(response.json())
 
     async def _repository(self, path: str, body: dict[str, Any]) -> Any:
         response = await self._http.post(path, json=body)

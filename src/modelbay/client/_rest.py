@@ -149,6 +149,12 @@ def load_body(config: Mapping[str, Any] | None, files: Mapping[str, bytes] | Non
     return {"parameters": parameters}
 
 
+def json_content(value: Any) -> dict[str, Any]:
+    """httpx request arguments sending `value` as a JSON body, null included (httpx's `json=None`
+    sends no body at all)."""
+    return {"content": json.dumps(value).encode(), "headers": {"content-type": "application/json"}}
+
+
 def raise_for_status(status: int, headers: Any, content: bytes) -> None:
     """Raise the modelbay exception a non-2xx response stands for, with the server's message."""
     if status < 400:
