@@ -41,11 +41,12 @@ async def origin() -> AsyncIterator[Origin]:
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     """digits (URLs from images.test, 1 s to fetch), strict (the same, with a 0.3 s request
-    deadline and 10 s to fetch), plain (no url_inputs)."""
+    deadline and 10 s to fetch), plain (no url_inputs), cached (with a prediction cache)."""
     models: list[dict[str, Any]] = [
         {"path": str(DEFAULT_MODEL), "url_inputs": {**POLICY, "timeout_s": 1.0}},
         {"path": str(DEFAULT_MODEL), "name": "strict", "timeout_s": 0.3, "url_inputs": POLICY},
         {"path": str(DEFAULT_MODEL), "name": "plain"},
+        {"path": str(DEFAULT_MODEL), "name": "cached", "cache": {"max_entries": 8}, "url_inputs": POLICY},
     ]
     server = Server(Settings.load(overrides={"grpc_port": 0, "models": models}))
     server.load()
@@ -149,3 +150,14 @@ async def test_the_requests_deadline_bounds_the_fetch(client: httpx.AsyncClient,
     response = await client.post("/predict/strict", json={"url": origin.url("/slow.png")})
     assert response.status_code == 504
     assert response.json()["error"].startswith("model 'strict' did not answer within the request's deadline")
+
+
+async def test_with_a_cache_the_url_is_the_key(client: httpx.AsyncClient, origin: Origin) -> None:
+    answers = [await client.post("/predict/cached", json={"url": origin.url("/4.png")}) for _ in range(2)]
+    assert answers[0].json() == answers[1].json()
+    assert answers[0].json()["predictions"][0]["label"] == "4"
+    assert origin.paths == ["/4.png"]  # the second was answered from the cache, not fetched again
+    raw = await client.post("/predict/cached", content=scan(4))
+    assert raw.json() == answers[0].json()
+    other = await client.post("/predict/cached", json={"url": origin.url("/4.png") + "?again"})
+    assert other.json() == answers[0].json() and origin.paths == ["/4.png", "/4.png?again"]

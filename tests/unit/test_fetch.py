@@ -64,7 +64,8 @@ class RecordingConnector(httpcore.AnyIOBackend):
 
 class Origin:
     """A real HTTP/1.1 server on 127.0.0.1 (TLS with `ssl_context`): each path is answered by its
-    route (404 without one); `paths` records what was asked, `sent` the body bytes written."""
+    route, whatever the query (404 without one); `paths` records what was asked (with the query),
+    `sent` the body bytes an `endless` route wrote."""
 
     def __init__(self, routes: dict[str, Route], ssl_context: ssl.SSLContext | None = None) -> None:
         self.routes = routes
@@ -95,7 +96,7 @@ class Origin:
                 head = await reader.readuntil(b"\r\n\r\n")
                 path = head.split(b" ", 2)[1].decode()
                 self.paths.append(path)
-                await self.routes.get(path, answer(404, b"no such file"))(writer)
+                await self.routes.get(path.partition("?")[0], answer(404, b"no such file"))(writer)
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             pass
         finally:
@@ -244,6 +245,7 @@ async def test_a_host_not_allowed_is_refused_without_resolving_it(connector: Rec
     for url, host in (
         ("https://evil.test/7.png", "evil.test"),
         ("https://images.test.evil.test/", "images.test.evil.test"),
+        ("https://images.test@evil.test/7.png", "evil.test"),
         ("https://169.254.169.254/", "169.254.169.254"),
     ):
         message = await refusal(fetcher(connector, {}).fetch(url, policy()))

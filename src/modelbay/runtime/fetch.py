@@ -98,10 +98,7 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> Iterable[ipaddress.IPv4Add
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
-    """The addresses `host` resolves to, by the system's resolver (getaddrinfo, off the event loop).
-
-    Raises InvalidInput when the name cannot be resolved.
-    """
+    """The addresses of `host` by the system's getaddrinfo (off the event loop); InvalidInput if none."""
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
@@ -148,21 +145,19 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         raise failure
 
     async def addresses(self, host: str, port: int) -> list[Address]:
-        """The addresses of `host` (an IP literal is its own), every one checked.
-
-        Raises InvalidInput when any is refused or there are none.
-        """
+        """The addresses of `host` (an IP literal is its own); InvalidInput unless all pass the check."""
         try:
-            literal: Address | None = ipaddress.ip_address(host)
-        except ValueError:
-            literal = None
-        found = [literal] if literal is not None else [_parse(a) for a in await self.resolver(host, port)]
+            found: list[Address] = [ipaddress.ip_address(host)]
+            literal = True
+        except ValueError:  # a name; an IPv6 zone ("fe80::1%eth0") is not part of the address
+            found = [ipaddress.ip_address(a.partition("%")[0]) for a in await self.resolver(host, port)]
+            literal = False
         if not found:
             raise InvalidInput(f"host {host!r} resolves to no address")
         for address in found:
             kind = self.check(address)
             if kind is not None:
-                said = f"{host} is" if literal is not None else f"{host} resolves to {address},"
+                said = f"{host} is" if literal else f"{host} resolves to {address},"
                 raise InvalidInput(f"{said} {kind}; URL inputs are never fetched from such addresses")
         return found
 
@@ -173,10 +168,6 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self.connector.sleep(seconds)
-
-
-def _parse(address: str) -> Address:
-    return ipaddress.ip_address(address.partition("%")[0])  # an IPv6 zone ("fe80::1%eth0") aside
 
 
 class _GuardedTransport(httpx.AsyncHTTPTransport):
@@ -261,7 +252,7 @@ class UrlFetcher:
                 f"fetching {url} took longer than the model's url_inputs.timeout_s ({policy.timeout_s} s)"
             ) from None
         except httpx.HTTPError as exc:
-            raise InvalidInput(f"fetching {url} failed: {_failure(exc)}") from None
+            raise InvalidInput(f"fetching {url} failed: {exc or type(exc).__name__}") from None
 
     async def _follow(self, client: httpx.AsyncClient, url: str, policy: UrlInputConfig) -> bytes:
         try:
@@ -329,10 +320,3 @@ async def _body(response: httpx.Response, url: str, limit: int) -> bytes:
             raise PayloadTooLarge(too_large)
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _failure(exc: httpx.HTTPError) -> str:
-    """What went wrong, for the client: the exception's text, or its kind when it has none."""
-    cause = exc.__cause__ or exc.__context__
-    text = str(exc) or (str(cause) if cause is not None else "")
-    return text or type(exc).__name__
