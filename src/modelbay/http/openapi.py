@@ -63,7 +63,8 @@ _METADATA_TENSOR = {
     },
 }
 _RAW_EXAMPLE = {"type": "string", "format": "binary", "minLength": 1}
-# The three ways to send POST /predict examples (http/body.py predict_examples). What the schema
+_URL = {"type": "string", "format": "uri"}
+# The ways to send POST /predict examples (http/body.py predict_examples). What the schema
 # calls valid the door takes: `{}`, `{"inputs": []}` and a multipart body without a file are not.
 _PREDICT_BODY = {
     "image/*": {"schema": _RAW_EXAMPLE},
@@ -98,9 +99,35 @@ _PREDICT_BODY = {
                         }
                     },
                 },
+                {
+                    "type": "object",
+                    "required": ["url"],
+                    "properties": {"url": {**_URL, "description": "one example by URL (url_inputs)"}},
+                },
+                {
+                    "type": "object",
+                    "required": ["urls"],
+                    "properties": {
+                        "urls": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": _URL,
+                            "description": "several examples by URL, at most url_inputs.max_urls",
+                        }
+                    },
+                },
             ]
         }
     },
+}
+# `POST /predict/{model}?url=...` (repeat it for several), with no body: examples by URL, for a
+# model whose settings have url_inputs (runtime/fetch.py).
+_URL_QUERY = {
+    "name": "url",
+    "in": "query",
+    "required": False,
+    "schema": _URL,
+    "description": "an example by URL (https; the model's url_inputs.allow_hosts), with no body",
 }
 # The OIP `$inference_request` as JSON (the binary extension, with its Inference-Header-Content-Length
 # header, is not described here: a schema cannot tie the header to the body).
@@ -151,9 +178,9 @@ def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 description of every route `modelbay.http.app.create_app` serves."""
     predict = {
         "post": {
-            "summary": "Predict: one image (raw body or multipart), or JSON {input} / {inputs}",
+            "summary": "Predict: one image (raw body or multipart), JSON {input} / {inputs}, or by URL",
             "tags": ["predict"],
-            "requestBody": {"required": True, "content": _PREDICT_BODY},
+            "requestBody": {"required": False, "content": _PREDICT_BODY},
             "responses": {
                 "200": _json(
                     {
@@ -273,6 +300,8 @@ def openapi_document() -> dict[str, Any]:
             (f"/v2/models/{suffix}/infer", infer),
         ):
             paths[path] = {method: {**operation, "parameters": params} for method, operation in item.items()}
+        predict_path = paths[f"/predict/{suffix}"]["post"]
+        predict_path["parameters"] = [*predict_path["parameters"], _URL_QUERY]
     return {
         "openapi": "3.1.0",
         "info": {
