@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from typing import Any
 
 import pytest
 
 from modelbay.errors import InferenceFailed, InvalidInput, Overloaded
-from modelbay.runtime.batcher import Batcher
+from modelbay.runtime.batcher import BACKGROUND, BACKGROUND_NICE, Batcher
 from modelbay.settings import BatchingConfig
 
 pytestmark = pytest.mark.anyio
@@ -221,3 +222,35 @@ async def test_without_an_slo_a_short_batch_runs_once_its_queue_delay_is_over() 
     batcher = Batcher(predict, BatchingConfig(max_batch_size=8, max_queue_delay_ms=0))
     assert await two_waves(batcher, [1, 2], [3, 4, 5]) == [1, 4, 9, 16, 25]
     assert predict.batches[0] == [1, 2]
+
+
+async def test_background_batches_run_on_a_thread_of_the_lowest_cpu_priority() -> None:
+    """Shadow calls (BACKGROUND set in their task) run their batches at nice 19, on their own
+    thread; a batch holding any other request runs on the model's thread, as before."""
+    seen: list[tuple[list[str], str, int]] = []
+
+    def predict(batch: list[str]) -> list[str]:
+        thread = threading.current_thread()
+        seen.append((list(batch), thread.name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return batch
+
+    batcher = Batcher(predict, BatchingConfig(max_queue_delay_ms=20.0), name="m")
+    batcher.start()
+
+    async def in_background(item: str) -> Any:
+        BACKGROUND.set(True)
+        return await batcher.submit(item)
+
+    try:
+        assert await asyncio.create_task(in_background("shadow")) == "shadow"
+        assert await batcher.submit("served") == "served"
+        mixed = await asyncio.gather(asyncio.create_task(in_background("s")), batcher.submit("c"))
+        assert mixed == ["s", "c"]
+    finally:
+        await batcher.stop()
+    normal = os.getpriority(os.PRIO_PROCESS, 0)
+    assert seen == [
+        (["shadow"], "modelbay-m-background-0", BACKGROUND_NICE),
+        (["served"], "modelbay-m-0", normal),
+        (["s", "c"], "modelbay-m-0", normal),
+    ]

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import contextvars
+import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +33,10 @@ from modelbay.settings import BatchingConfig
 
 # Under an SLO, a batch below the limit stays open while requests arrive at most this far apart.
 ARRIVAL_GAP_S = 0.001
+# True in work that nobody waits for (a shadow call, runtime/shadow.py): a batch made only of such
+# requests runs on the model's background thread, at the lowest CPU priority (BACKGROUND_NICE).
+BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("modelbay_background", default=False)
+BACKGROUND_NICE = 19
 
 
 @dataclass(slots=True, eq=False)
@@ -38,6 +46,7 @@ class _Pending:
     future: asyncio.Future[Any]
     enqueued_at: float
     queued: bool = True
+    background: bool = False
 
 
 @dataclass(slots=True)
@@ -80,6 +89,8 @@ class Batcher:
     the limit stays open while the clients the last batch answered come back, arriving at most
     `arrival_gap_s` (1 ms) apart, within the SLO's slack. While one batch runs, new requests queue
     up, so batches grow with load. Timing uses `time.monotonic()`; seconds throughout.
+    Batches run one at a time: those made only of background requests (submitted where
+    `BACKGROUND` is true) on a second thread of the lowest CPU priority, the others on the first.
     """
 
     def __init__(
@@ -114,6 +125,7 @@ class Batcher:
         self._wake_at_rows = 1
         self._task: asyncio.Task[None] | None = None
         self._executor: DaemonThreadPool | None = None
+        self._background: DaemonThreadPool | None = None  # made for the first background batch
         self._running_since: float | None = None  # when the batch now in the model started
 
     @property
@@ -143,9 +155,10 @@ class Batcher:
             if not pending.future.done():
                 pending.future.set_exception(ModelNotReady(f"model {self.name!r} is shutting down"))
         self._queued_rows = 0
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        for pool in (self._executor, self._background):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._executor = self._background = None
 
     async def submit(self, item: Any) -> Any:
         """Queue one item and wait for its output: `submit_many([item])[0]`; raises what it raises."""
@@ -185,8 +198,10 @@ class Batcher:
         self._check(sizes)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
+        background = BACKGROUND.get()
         batch = [
-            _Pending(item, rows, loop.create_future(), now) for item, rows in zip(items, sizes, strict=True)
+            _Pending(item, rows, loop.create_future(), now, background=background)
+            for item, rows in zip(items, sizes, strict=True)
         ]
         self._queue.extend(batch)
         self._queued_rows += sum(sizes)
@@ -355,9 +370,12 @@ class Batcher:
         self.stats.batches += 1
         self.stats.items += len(batch)
         self.stats.rows += rows
+        executor = self._executor
+        if all(pending.background for pending in batch):
+            executor = self._background_pool()
         started = self._running_since = time.monotonic()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._checked_predict, items)
+            outputs = await loop.run_in_executor(executor, self._checked_predict, items)
         except Exception as exc:
             # A dead or restarting worker process is no request's fault: halves would only crash
             # the restarted worker again, log2(n) times, so the whole batch fails at once.
@@ -382,6 +400,14 @@ class Batcher:
             if not pending.future.done():
                 pending.future.set_result(output)
 
+    def _background_pool(self) -> DaemonThreadPool:
+        """The thread that runs batches of background requests only, at the lowest CPU priority:
+        the OS gives it a core only when no other thread of the server wants it. Made on first use."""
+        if self._background is None:
+            self._background = DaemonThreadPool(1, f"modelbay-{self.name}-background")
+            self._background.submit(lower_priority)  # its first job, before any batch
+        return self._background
+
     def _checked_predict(self, items: list[Any]) -> list[Any]:
         outputs = self._predict(items)
         if not isinstance(outputs, list | tuple) or len(outputs) != len(items):
@@ -397,6 +423,13 @@ class Batcher:
         for pending in batch:
             if not pending.future.done():
                 pending.future.set_exception(failure)
+
+
+def lower_priority() -> None:
+    """Give the calling thread the lowest CPU priority (nice BACKGROUND_NICE; on Linux a thread has
+    its own nice value). Where the OS cannot, nothing changes."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -3,7 +3,9 @@ answers are recorded and compared with the served ones, never returned (traffic.
 
 A shadow call starts once the caller's answer is ready, as an asyncio task of its own that the
 caller never awaits: the caller's answer neither waits for it nor can fail because of it, and
-its own forward pass never shares the model with its shadow. The shadow version's queue is
+its own forward pass never shares the model with its shadow. Its batches run on the shadow
+version's background thread, at the lowest CPU priority (runtime/batcher.py's BACKGROUND), so
+the forward passes of the callers' versions come first on the cores. The shadow version's queue is
 shared with the callers that name that version, so a shadow call is skipped (counted, never
 queued to wait) when that queue is at least half full, and is cancelled at the shadow version's
 `timeout_s` (counted as DeadlineExceeded). Each call's outcome, time and agreement go to the
@@ -22,6 +24,7 @@ import numpy as np
 from modelbay.codecs.oip_json import encode_json
 from modelbay.errors import InferenceFailed, Overloaded
 from modelbay.registry.registry import ServedModel
+from modelbay.runtime.batcher import BACKGROUND
 
 Compute = Callable[[ServedModel], Awaitable[tuple[Any, Any]]]
 NUMERIC_KINDS = "biufc"  # numpy dtype kinds compared within a tolerance; others must be equal
@@ -66,6 +69,7 @@ class Shadows:
 
 async def _shadow_call(model: ServedModel, compute: Compute, served: Any, tolerance: float) -> None:
     """Run one shadow call and record it; nothing it raises leaves it (but cancellation)."""
+    BACKGROUND.set(True)  # in this task's own context: its batches run at the lowest CPU priority
     started = time.perf_counter()
     try:
         async with asyncio.timeout(model.timeout_s):
