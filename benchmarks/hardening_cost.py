@@ -4,6 +4,7 @@ side in one run, on one core each.
     python benchmarks/hardening_cost.py                               # 3 rows, 3 rounds of 10 s (~4.5 min)
     python benchmarks/hardening_cost.py --duration-s 3 --rounds 1     # a quick look (~40 s)
     python benchmarks/hardening_cost.py --rows mlp-oip-json --rounds 3
+    python benchmarks/hardening_cost.py --base HEAD --head HEAD --head-auth   # API keys off vs on
 
 Both trees are checked out from git into a temporary folder (`git worktree add --detach`, removed at
 the end): --base (f1c79e7, the last commit before the hardening) and --head (HEAD), so that work
@@ -23,6 +24,10 @@ base and head run back to back per model, their order swapped every round (base,
 base), so that a drift of the machine's speed shows as disagreeing rounds rather than as a cost.
 The table keeps each side's best round (a shared machine only ever makes a run slower) and lists
 every round's head/base ratio beside it.
+With --head-auth, the head server runs with `--auth` (one infer key, no rate limit, made by the
+head tree's `modelbay keys create`) and every request of its side sends the key
+(`Authorization: Bearer`): the cost of the access check (issue 11), e.g. against the same commit
+as base.
 Only 127.0.0.1 is contacted; every wrk run ends at its deadline.
 Prints a Markdown table; writes benchmarks/results/hardening_cost.json.
 """
@@ -115,34 +120,58 @@ def oip_json_body(model: str, name: str, folder: Path) -> Path:
 
 
 def measure(
-    src: Path, model: str, doors: list[str], artifact: Path, folder: Path, args: argparse.Namespace
+    src: Path,
+    model: str,
+    doors: list[str],
+    artifact: Path,
+    folder: Path,
+    args: argparse.Namespace,
+    auth: tuple[Path, str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Start the `modelbay serve` of the tree at `src` for `model`; drive each door in turn with
-    wrk (a warm-up, then --duration-s); door -> wrk's result."""
+    wrk (a warm-up, then --duration-s); door -> wrk's result. auth: (key file, key): the server
+    runs with --auth and every request sends the key."""
     port = free_port()
-    command = modelbay_command(artifact, port, "--name", model, *serve_flags(args))
+    flags = serve_flags(args) + (["--auth", str(auth[0])] if auth else [])
+    headers = {"Authorization": f"Bearer {auth[1]}"} if auth else None
+    command = modelbay_command(artifact, port, "--name", model, *flags)
     base = f"http://127.0.0.1:{port}"
     simple = folder / f"{model}.json"
     results: dict[str, dict[str, float]] = {}
-    with running(command, {"PYTHONPATH": str(src)}, f"{base}/predict/{model}", simple.read_bytes()):
+    env = {"PYTHONPATH": str(src)}
+    with running(command, env, f"{base}/predict/{model}", simple.read_bytes(), headers):
         for door in doors:
             length: int | None = None
             if door == "simple":
                 url, payload = f"{base}/predict/{model}", simple
             elif door == "binary":
                 url = f"{base}/v2/models/{model}/infer"
-                payload, length = binary_body(model, f"{base}/predict/{model}", folder)
+                payload, length = binary_body(model, f"{base}/predict/{model}", folder, headers)
             else:
                 url = f"{base}/v2/models/{model}/infer"
-                name = httpx.get(f"{base}/v2/models/{model}").json()["inputs"][0]["name"]
+                name = httpx.get(f"{base}/v2/models/{model}", headers=headers).json()["inputs"][0]["name"]
                 payload = oip_json_body(model, name, folder)
             if args.warmup_s > 0:
-                wrk(url, payload, args.warmup_s, args.connections, length)
+                wrk(url, payload, args.warmup_s, args.connections, length, headers=headers)
             before = batches(port, model)
-            results[door] = wrk(url, payload, args.duration_s, args.connections, length)
+            results[door] = wrk(url, payload, args.duration_s, args.connections, length, headers=headers)
             after = batches(port, model)
             results[door]["mean_batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1.0)
     return results
+
+
+def api_key(src: Path, folder: Path) -> tuple[Path, str]:
+    """A key file in `folder` with one infer key, made by the `modelbay keys create` of the tree at
+    `src`; (the file, the key)."""
+    path = folder / "keys.yaml"
+    made = subprocess.run(
+        [str(BIN / "modelbay"), "keys", "create", "--scope", "infer", "--name", "bench", "--file", str(path)],
+        env={**os.environ, "PYTHONPATH": str(src)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return path, made.stdout.strip()
 
 
 def serve_flags(args: argparse.Namespace) -> list[str]:
@@ -236,6 +265,9 @@ def main() -> None:
     parser.add_argument(
         "--max-queue-delay-ms", type=float, default=5.0, help="both servers' (default: run.py's 5)"
     )
+    parser.add_argument(
+        "--head-auth", action="store_true", help="the head server with --auth, its requests with a key"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "hardening_cost.json")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -249,6 +281,7 @@ def main() -> None:
         imports = {side: imported_from(src) for side, src in sources.items()}
         for side, path in imports.items():
             print(f"{side} {commits[side]}: modelbay from {path}", file=sys.stderr)
+        auth = {"head": api_key(sources["head"], folder)} if args.head_auth else {}
         artifacts = {}
         for model in models:
             (folder / f"{model}.json").write_bytes(body(model))
@@ -258,7 +291,9 @@ def main() -> None:
             for model in models:
                 doors = {ROWS[row][1]: row for row in args.rows if ROWS[row][0] == model}
                 for side in order:
-                    results = measure(sources[side], model, list(doors), artifacts[model], folder, args)
+                    results = measure(
+                        sources[side], model, list(doors), artifacts[model], folder, args, auth.get(side)
+                    )
                     for door, result in results.items():
                         runs.append({"row": doors[door], "side": side, "round": round_, **result})
                         print(
@@ -283,6 +318,7 @@ def main() -> None:
                     "rounds": args.rounds,
                     "connections": args.connections,
                     "serve_flags": serve_flags(args),
+                    "head_auth": args.head_auth,
                 },
                 "summary": rows,
                 "runs": runs,

@@ -107,8 +107,11 @@ def server_command(server: str, model: str, artifact: Path, port: int, batch: in
 
 
 @contextlib.contextmanager
-def running(command: list[str], env: dict[str, str], url: str, payload: bytes) -> Iterator[None]:
-    """Start `command` pinned to core 0 in its own process group; yield once `url` answers 200."""
+def running(
+    command: list[str], env: dict[str, str], url: str, payload: bytes, headers: dict[str, str] | None = None
+) -> Iterator[None]:
+    """Start `command` pinned to core 0 in its own process group; yield once `url` answers 200
+    (to a POST of `payload` with `headers`, e.g. an API key's)."""
     process = subprocess.Popen(
         [*pin(0), *command],
         env={**os.environ, **env},
@@ -121,7 +124,10 @@ def running(command: list[str], env: dict[str, str], url: str, payload: bytes) -
         while True:
             with contextlib.suppress(httpx.HTTPError):
                 reply = httpx.post(
-                    url, content=payload, headers={"content-type": "application/json"}, timeout=10
+                    url,
+                    content=payload,
+                    headers={"content-type": "application/json", **(headers or {})},
+                    timeout=10,
                 )
                 if reply.status_code == 200:
                     break
@@ -154,11 +160,15 @@ def metric(port: int, name: str, **labels: str) -> float:
     )
 
 
-def write_script(payload_file: Path, header_length: int | None) -> Path:
-    """A wrk Lua script that POSTs `payload_file` (binary extension body when `header_length` is set)."""
+def write_script(
+    payload_file: Path, header_length: int | None, headers: dict[str, str] | None = None
+) -> Path:
+    """A wrk Lua script that POSTs `payload_file` (binary extension body when `header_length` is
+    set), with `headers` too."""
     script = payload_file.with_suffix(".lua")
     content_type = "application/octet-stream" if header_length is not None else "application/json"
     extra = f'wrk.headers["Inference-Header-Content-Length"] = "{header_length}"\n' if header_length else ""
+    extra += "".join(f'wrk.headers["{name}"] = "{value}"\n' for name, value in (headers or {}).items())
     script.write_text(
         'wrk.method = "POST"\n'
         f'local f = io.open("{payload_file}", "rb"); wrk.body = f:read("*a"); f:close()\n'
@@ -167,10 +177,13 @@ def write_script(payload_file: Path, header_length: int | None) -> Path:
     return script
 
 
-def binary_body(model: str, url: str, folder: Path) -> tuple[Path, int]:
-    """The example as an OIP binary-extension body for `url`'s model; its file and JSON header length."""
+def binary_body(
+    model: str, url: str, folder: Path, headers: dict[str, str] | None = None
+) -> tuple[Path, int]:
+    """The example as an OIP binary-extension body for `url`'s model (its metadata asked with
+    `headers`); its file and JSON header length."""
     base = url.split("/predict/")[0]
-    name = httpx.get(f"{base}/v2/models/{model}").json()["inputs"][0]["name"]
+    name = httpx.get(f"{base}/v2/models/{model}", headers=headers).json()["inputs"][0]["name"]
     raw = example(model).numpy().astype("<f4").tobytes()
     shape = list(example(model).shape)
     header = json.dumps(
@@ -198,14 +211,15 @@ def wrk(
     connections: int,
     header_length: int | None = None,
     script: Path | None = None,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Run wrk from core 1 against `url`; requests/s, p50/p99 ms and errors (non-2xx, socket).
 
     Every request POSTs the bytes of `payload_file` (with the OIP binary header when
-    `header_length` is given), unless `script` is a wrk Lua script of its own.
+    `header_length` is given, and `headers`), unless `script` is a wrk Lua script of its own.
     """
     if script is None:
-        script = write_script(payload_file, header_length)
+        script = write_script(payload_file, header_length, headers)
     command = [
         *pin(1),
         "wrk",
