@@ -225,13 +225,17 @@ async def test_without_an_slo_a_short_batch_runs_once_its_queue_delay_is_over() 
 
 
 async def test_background_batches_run_on_a_thread_of_the_lowest_cpu_priority() -> None:
-    """Shadow calls (BACKGROUND set in their task) run their batches at nice 19, on their own
-    thread; a batch holding any other request runs on the model's thread, as before."""
-    seen: list[tuple[list[str], str, int]] = []
+    """Shadow calls (BACKGROUND set in their task) run their batches on their own thread, of
+    Linux's SCHED_IDLE policy (and nice 19); a batch holding any other request runs on the model's
+    thread, as before."""
+    seen: list[tuple[list[str], str, int, int]] = []
 
     def predict(batch: list[str]) -> list[str]:
-        thread = threading.current_thread()
-        seen.append((list(batch), thread.name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        thread = threading.get_native_id()
+        name = threading.current_thread().name
+        seen.append(
+            (list(batch), name, os.sched_getscheduler(thread), os.getpriority(os.PRIO_PROCESS, thread))
+        )
         return batch
 
     batcher = Batcher(predict, BatchingConfig(max_queue_delay_ms=20.0), name="m")
@@ -248,9 +252,9 @@ async def test_background_batches_run_on_a_thread_of_the_lowest_cpu_priority() -
         assert mixed == ["s", "c"]
     finally:
         await batcher.stop()
-    normal = os.getpriority(os.PRIO_PROCESS, 0)
+    normal = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
     assert seen == [
-        (["shadow"], "modelbay-m-background-0", BACKGROUND_NICE),
-        (["served"], "modelbay-m-0", normal),
-        (["s", "c"], "modelbay-m-0", normal),
+        (["shadow"], "modelbay-m-background-0", os.SCHED_IDLE, BACKGROUND_NICE),
+        (["served"], "modelbay-m-0", *normal),
+        (["s", "c"], "modelbay-m-0", *normal),
     ]

@@ -34,7 +34,7 @@ from modelbay.settings import BatchingConfig
 # Under an SLO, a batch below the limit stays open while requests arrive at most this far apart.
 ARRIVAL_GAP_S = 0.001
 # True in work that nobody waits for (a shadow call, runtime/shadow.py): a batch made only of such
-# requests runs on the model's background thread, at the lowest CPU priority (BACKGROUND_NICE).
+# requests runs on the model's background thread, at the lowest CPU priority (`lower_priority`).
 BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("modelbay_background", default=False)
 BACKGROUND_NICE = 19
 
@@ -426,10 +426,14 @@ class Batcher:
 
 
 def lower_priority() -> None:
-    """Give the calling thread the lowest CPU priority (nice BACKGROUND_NICE; on Linux a thread has
-    its own nice value). Where the OS cannot, nothing changes."""
+    """Give the calling thread the lowest CPU priority: Linux's SCHED_IDLE policy (it runs only when
+    no other thread wants the core; sched(7)), else nice BACKGROUND_NICE. On Linux each thread has
+    its own policy and nice value. Where the OS allows neither, nothing changes."""
+    thread = threading.get_native_id()
     with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        os.setpriority(os.PRIO_PROCESS, thread, BACKGROUND_NICE)
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
