@@ -16,8 +16,12 @@ import pytest
 import torch
 
 from modelbay.runtime.dataplane import Dataplane
-from tests.conftest import sample, tiny_module
+from modelbay.runtime.fetch import UrlFetcher
+from modelbay.server import DEFAULT_MODEL, Server
+from modelbay.settings import Settings
+from tests.conftest import SAMPLES, sample, tiny_module
 from tests.http.test_live_repository import live
+from tests.unit.test_fetch import Origin, answer, loopback_allowed, resolver
 
 pytestmark = pytest.mark.anyio
 ROW = [0.5, -1.0, 2.0, 0.25]
@@ -321,3 +325,38 @@ async def test_the_policy_of_modelbay_yaml_applies_and_an_unloaded_version_drops
         assert (await client.post("/v2/repository/models/tiny/load")).status_code == 200
         assert (await client.get(TRAFFIC)).json()["serving"]["split"] is None
         assert {await infer(client) for _ in range(5)} == {"2"}  # none left: the default answers
+
+
+async def test_a_shadow_of_a_url_input_gets_the_fetched_bytes_and_fetches_nothing() -> None:
+    """Inputs by URL (url_inputs): the served version fetches the image once; its shadow predicts
+    from the same bytes, though the shadow version itself allows no URL."""
+    policy = {"allow_hosts": ["images.test"], "allow_http": True}
+    models = [
+        {"path": str(DEFAULT_MODEL), "url_inputs": policy},
+        {"path": str(DEFAULT_MODEL), "version": "2"},
+    ]
+    server = Server(Settings.load(overrides={"grpc_port": 0, "models": models}))
+    server.load()
+    app = server.app()
+    dataplane = app.inference.dataplane
+    dataplane.fetcher = UrlFetcher(resolver({"images.test": ["127.0.0.1"]}), loopback_allowed)
+    seven = (SAMPLES / "7.png").read_bytes()
+    lifespan = app.starlette.router.lifespan_context(app.starlette)
+    async with lifespan, Origin({"/7.png": answer(200, seven)}) as origin:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://modelbay.test") as client:
+            policy_body = {"split": {"1": 100}, "shadow": {"version": "2"}}
+            assert (
+                await client.post("/v2/repository/models/digits/traffic", json=policy_body)
+            ).status_code == 200
+            reply = await client.post(
+                "/predict/digits", json={"url": origin.url("/7.png", host="images.test")}
+            )
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["version"] == "1" and reply.json()["predictions"][0]["label"] == "7"
+            await shadows_done(dataplane)
+            scraped = (await client.get("/metrics")).text
+    assert origin.paths == ["/7.png"]  # fetched once, for the served call
+    labels = {"model": "digits", "version": "2"}
+    assert sample(scraped, "modelbay_shadow_requests_total", status="success", **labels) == 1
+    assert sample(scraped, "modelbay_shadow_agreement_total", result="agree", **labels) == 1

@@ -269,15 +269,17 @@ class Dataplane:
         examples: raw bytes or JSON values, one per prediction wanted; at most the model's
         `max_queue_size` (more: PayloadTooLarge, 413), queued together or not at all. A
         `UrlInput` is fetched (`self.fetcher`, under the model's `url_inputs`) and its bytes
-        preprocessed in its place, within the request's deadline.
+        preprocessed in its place, within the request's deadline; a shadow call of the request
+        (traffic.shadow) gets the bytes fetched for it, so no URL is fetched twice.
         Raises what `infer` raises, and what UrlFetcher.resolve raises.
         """
+        fetched: list[list[Any]] = []  # the examples with their URLs fetched, once they are
 
         def compute(model: ServedModel) -> Awaitable[tuple[list[Any], list[int]]]:
             if not examples:
                 raise InvalidInput("the request has no examples; send at least one")
             model.batcher.check_count(len(examples))  # before preprocessing them all
-            return _predict(model, examples, self.fetcher)
+            return _predict(model, fetched[0] if fetched else examples, self.fetcher, fetched.append)
 
         model, predictions, defaults = await self._serve(
             "predict", name, version, context, compute, lambda: request_key(["predict", *examples])
@@ -402,11 +404,12 @@ async def _infer(model: ServedModel, inputs: dict[str, np.ndarray]) -> tuple[dic
 
 
 async def _predict(
-    model: ServedModel, examples: list[Any], fetcher: UrlFetcher
+    model: ServedModel, examples: list[Any], fetcher: UrlFetcher, fetched: Callable[[list[Any]], None]
 ) -> tuple[list[Any], list[int]]:
-    """One prediction per example (a UrlInput fetched first), and the indices of those that are
-    the default output."""
+    """One prediction per example (a UrlInput fetched first: `fetched` is given the examples
+    then), and the indices of those that are the default output."""
     examples = await fetcher.resolve(examples, model.url_inputs, model.name)
+    fetched(examples)
     predictor = model.predictor
     in_thread = predictor.preprocess_in_thread
     pre, post = predictor.preprocess, predictor.postprocess
