@@ -17,7 +17,9 @@
     ├── DeadlineExceeded            no answer within the model's timeout_s          (504 / DEADLINE_EXCEEDED)
     ├── InferenceFailed             the model itself failed on a valid request      (500 / INTERNAL)
     │   └── WorkerProcessDied       its model worker process died (or was killed) during the batch
-    └── ModelLoadError              an artifact cannot be loaded; raised before serving (CLI exit 2)
+    ├── ModelLoadError              an artifact cannot be loaded; raised before serving (CLI exit 2)
+    └── ExportFailed                `modelbay export` cannot capture a model, or its export does not
+                                    answer as the original within the tolerance (CLI exit 2)
 
 Each transport keeps one table from these classes to its status codes (`modelbay.http.errors`,
 `modelbay.grpc.errors`); `modelbay.client` raises the same classes back from those codes.
@@ -121,6 +123,11 @@ class WorkerProcessDied(InferenceFailed):
 
 class ModelLoadError(ModelbayError):
     """An artifact cannot be loaded or served; the message says what was found and what to do."""
+
+
+class ExportFailed(ModelbayError):
+    """`modelbay export` could not capture the model (torch.export, the ONNX exporter), or the
+    exported artifact's answers differ from the original's beyond the tolerance it names."""
 
 
 def nearest(table: dict[type[ModelbayError], _T], exc: ModelbayError, default: _T) -> _T:
