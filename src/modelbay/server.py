@@ -17,14 +17,14 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
-import torch
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn.supervisors import Multiprocess
@@ -35,7 +35,6 @@ from modelbay.grpc.servicer import create_grpc_server
 from modelbay.http.app import ModelbayApp, create_app
 from modelbay.http.protocol import ReadTimeoutProtocol
 from modelbay.loading import LoadedModel, load_model
-from modelbay.loading.runner import TorchRunner, example_inputs, signature_inputs
 from modelbay.metrics import shared_folder
 from modelbay.predictor import Predictor
 from modelbay.registry.manager import ModelManager, ServerModels, build_served_model
@@ -45,6 +44,9 @@ from modelbay.runtime.dataplane import Dataplane
 from modelbay.runtime.process import own_process
 from modelbay.settings import BatchingConfig, CacheConfig, ModelConfig, Settings
 from modelbay.tasks.tensor import TensorPredictor
+
+if TYPE_CHECKING:
+    import torch  # torch is optional (modelbay[torch]): imported only where a torch model is served
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 SEVERAL_WORKERS = (
@@ -94,13 +96,16 @@ class Server:
         batching, cache, timeout_s, preprocess_threads: as in modelbay.yaml (ModelConfig; defaults:
                  BatchingConfig(), no cache, 60 s, 2 threads).
         """
-        if isinstance(model, torch.nn.Module):
+        loaded_torch = sys.modules.get("torch")  # an nn.Module exists only once torch is imported
+        if loaded_torch is not None and isinstance(model, loaded_torch.nn.Module):
+            from modelbay.loading.torch_runner import TorchRunner, example_inputs, signature_inputs
+
             model.eval()
             names = [spec.name for spec in signature_inputs(model)]
             inputs = example_inputs(example, names) if example is not None else signature_inputs(model)
             predictor: Predictor = TensorPredictor(TorchRunner(model, "pytorch_eager", inputs))
         else:
-            predictor = model
+            predictor = cast(Predictor, model)
         config = ModelConfig(
             name=name,
             version=version,
@@ -240,8 +245,9 @@ class Server:
         # workers, would oversubscribe them.
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         share = max(1, cores // max(1, self.settings.workers))
-        if torch.get_num_threads() > share:
-            torch.set_num_threads(share)
+        loaded_torch = sys.modules.get("torch")  # imported by a torch model only
+        if loaded_torch is not None and loaded_torch.get_num_threads() > share:
+            loaded_torch.set_num_threads(share)
 
     def _uvicorn_server(self) -> uvicorn.Server:
         self.load()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from modelbay.errors import InvalidInput, ModelLoadError, ModelNotFound
-from modelbay.loading.runner import TorchRunner, example_inputs
+from modelbay.loading.torch_runner import TorchRunner, example_inputs
 from modelbay.registry.registry import ModelRegistry, ServedModel
 from modelbay.registry.traffic import Route, bucket, policy_json, resolve, traffic_policy
 from modelbay.runtime.context import RequestContext

@@ -1,9 +1,10 @@
 """Loading: a model file or folder -> a Predictor, whatever the artifact's format.
 
-`LOADERS` maps the detected `Format` to a loader module's `load(path, config) -> Runner`; adding a
-format is one module and one entry. A model folder's `modelbay.yaml` is merged under the caller's
-settings before they are converted (`modelbay.settings.model_entry`); if the folder has a
-`predict.py`, that handler is the predictor.
+`LOADERS` (loading/loaders.py) maps the detected `Format` to the loader module that reads it,
+imported on first use, so no format's packages (torch, onnxruntime) are needed until a model of
+that format is loaded; adding a format is one module and one entry. A model folder's
+`modelbay.yaml` is merged under the caller's settings before they are converted
+(`modelbay.settings.model_entry`); if the folder has a `predict.py`, that handler is the predictor.
 
 With `worker_process`, the model is loaded in a model worker process of its own
 (`modelbay.runtime.model_process`): an artifact's task predictor stays here around a ProcessRunner,
@@ -21,24 +22,15 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from modelbay.errors import ModelLoadError
-from modelbay.loading import checkpoint, exported, onnx, safetensors, torchscript
 from modelbay.loading.detect import HANDLER_NAME, Format, detect
 from modelbay.loading.handler import load_handler
-from modelbay.loading.runner import Runner
+from modelbay.loading.loaders import LOADERS, load_runner
 from modelbay.predictor import Predictor
 from modelbay.runtime.environments import ensure_environment
 from modelbay.runtime.model_process import ModelProcess
 from modelbay.runtime.process_predictors import ProcessPredictor, ProcessRunner
 from modelbay.settings import MANIFEST_NAME, ModelConfig, model_config, model_entry
 from modelbay.tasks import make_predictor, tensor_specs
-
-LOADERS: dict[Format, Callable[[Path, ModelConfig], Runner]] = {
-    Format.TORCHSCRIPT: torchscript.load,
-    Format.EXPORTED: exported.load,
-    Format.CHECKPOINT: checkpoint.load,
-    Format.SAFETENSORS: safetensors.load,
-    Format.ONNX: onnx.load,
-}
 
 REQUIREMENTS_NAME = "requirements.txt"  # a model folder's own Python packages (runtime/environments.py)
 WEIGHT_SUFFIXES = (".pt2", ".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".onnx", ".ts")
@@ -127,8 +119,7 @@ def _build(path: Path, config: ModelConfig, python: str | None = None) -> Predic
             ) from None
     else:
         fmt = detect(path)
-    loader = LOADERS.get(fmt)
-    if loader is None:
+    if fmt not in LOADERS:
         raise ModelLoadError(f"{path}: format {fmt.value} is not a model file")
     if config.worker_process:
         return _in_worker(
@@ -137,7 +128,7 @@ def _build(path: Path, config: ModelConfig, python: str | None = None) -> Predic
             lambda process: make_predictor(config, ProcessRunner(process), path.parent),
             python,
         )
-    return make_predictor(config, loader(path, config), path.parent)
+    return make_predictor(config, load_runner(fmt, path, config), path.parent)
 
 
 def _in_worker(

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from modelbay.errors import ModelLoadError
-from modelbay.loading.runner import TorchRunner, signature_inputs
 from modelbay.loading.state_dict import runner_from_state_dict
+from modelbay.loading.torch_runner import TorchRunner, signature_inputs
 from modelbay.settings import ModelConfig
 
 # Keys under which training loops and Lightning store the model's weights in a checkpoint dict.

@@ -8,7 +8,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from modelbay.errors import ModelLoadError
-from modelbay.loading.runner import TorchRunner
+from modelbay.loading.torch_runner import TorchRunner
 from modelbay.settings import ModelConfig
 from modelbay.types import TensorSpec, datatype_of
 

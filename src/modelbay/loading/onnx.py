@@ -1,10 +1,14 @@
-"""ONNX models, run by onnxruntime on the CPU execution provider."""
+"""ONNX models, run by onnxruntime on the CPU execution provider.
+
+onnxruntime comes with `pip install "modelbay[onnx]"`; without it, loading.loaders says so.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 
 from modelbay.errors import ModelLoadError
 from modelbay.settings import ModelConfig
@@ -35,12 +39,6 @@ class OnnxRunner:
 
     def __init__(self, path: Path) -> None:
         try:
-            import onnxruntime
-        except ImportError as exc:
-            raise ModelLoadError(
-                f"{path.name} is ONNX; install onnxruntime to serve it: pip install 'modelbay[onnx]'"
-            ) from exc
-        try:
             self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ModelLoadError(f"{path}: onnxruntime cannot load it: {exc}") from exc
@@ -59,5 +57,5 @@ def _spec(arg: object) -> TensorSpec:
 
 
 def load(path: Path, config: ModelConfig) -> OnnxRunner:
-    """An OnnxRunner for `path`. Raises ModelLoadError if onnxruntime is missing or rejects the file."""
+    """An OnnxRunner for `path`. Raises ModelLoadError if onnxruntime rejects the file."""
     return OnnxRunner(path)

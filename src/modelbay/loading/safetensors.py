@@ -7,8 +7,8 @@ from pathlib import Path
 import safetensors.torch
 
 from modelbay.errors import ModelLoadError
-from modelbay.loading.runner import TorchRunner
 from modelbay.loading.state_dict import runner_from_state_dict
+from modelbay.loading.torch_runner import TorchRunner
 from modelbay.settings import ModelConfig
 
 

@@ -9,7 +9,7 @@ import torch
 
 from modelbay.errors import ModelLoadError
 from modelbay.loading.imports import import_object
-from modelbay.loading.runner import TorchRunner, signature_inputs
+from modelbay.loading.torch_runner import TorchRunner, signature_inputs
 from modelbay.settings import ModelConfig
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from modelbay.errors import InvalidInput, ModelLoadError
-from modelbay.loading.runner import TorchRunner, signature_inputs
+from modelbay.loading.torch_runner import TorchRunner, signature_inputs
 from modelbay.settings import ModelConfig
 from modelbay.types import TensorSpec, datatype_of
 
