@@ -279,6 +279,9 @@ class ModelConfig(_Config):
     url_inputs:  let the simple door's examples be URLs the server fetches (UrlInputConfig:
                  allow_hosts, max_bytes, timeout_s, ...); a policy is set whole by one source,
                  never merged key by key. None (default): an example given by URL gets 400.
+    torch_compile: run a PyTorch model's module through `torch.compile` (TorchInductor) when it
+                 loads; compiling takes seconds to minutes at load and needs a C++ compiler.
+                 `modelbay export --pick` sets it when that is the fastest backend measured.
     """
 
     path: str | None = None
@@ -303,6 +306,7 @@ class ModelConfig(_Config):
     worker_process: bool = False
     traffic: TrafficConfig | None = None
     url_inputs: UrlInputConfig | None = None
+    torch_compile: bool = False
 
     def __post_init__(self) -> None:
         if self.timeout_s is not None and self.timeout_s <= 0:
