@@ -18,8 +18,11 @@
     ├── InferenceFailed             the model itself failed on a valid request      (500 / INTERNAL)
     │   └── WorkerProcessDied       its model worker process died (or was killed) during the batch
     ├── ModelLoadError              an artifact cannot be loaded; raised before serving (CLI exit 2)
-    └── ExportFailed                `modelbay export` cannot capture a model, or its export does not
-                                    answer as the original within the tolerance (CLI exit 2)
+    ├── ExportFailed                `modelbay export` cannot capture a model, or its export does not
+    │                               answer as the original within the tolerance (CLI exit 2)
+    └── ShipError                   `modelbay build` / `manifests` cannot package the models: a package
+                                    it cannot pin, a wheel it cannot build, an output it must not
+                                    overwrite (CLI exit 2)
 
 Each transport keeps one table from these classes to its status codes (`modelbay.http.errors`,
 `modelbay.grpc.errors`); `modelbay.client` raises the same classes back from those codes.
@@ -128,6 +131,11 @@ class ModelLoadError(ModelbayError):
 class ExportFailed(ModelbayError):
     """`modelbay export` could not capture the model (torch.export, the ONNX exporter), or the
     exported artifact's answers differ from the original's beyond the tolerance it names."""
+
+
+class ShipError(ModelbayError):
+    """`modelbay build` or `modelbay manifests` cannot package the models for a container or a
+    cluster; the message names what (a requirement, a package, a folder) and what to do."""
 
 
 def nearest(table: dict[type[ModelbayError], _T], exc: ModelbayError, default: _T) -> _T:
