@@ -208,3 +208,23 @@ def test_a_shadow_never_shadows_the_version_that_served() -> None:
     assert all(route.shadows(three, grid(100)) is None for _ in range(100))
     off = resolve(policy(shadow={"version": "3", "percent": 0}), {"2": two, "3": three})
     assert off is None  # a shadow at 0% and no split change nothing
+
+
+def test_shadow_answers_agree_within_the_tolerance_whatever_their_structure() -> None:
+    """A model answers floats a last bit apart in batches of other sizes: predictions (the simple
+    door's lists, dicts and arrays) and OIP outputs agree within the tolerance, not bit for bit."""
+    import numpy as np
+
+    from modelbay.runtime.shadow import agrees
+
+    row = np.array([0.2267327, -0.6146605, -0.19738773], dtype=np.float32)
+    near = np.nextafter(row, np.float32(1))  # one float32 step apart
+    assert agrees([row, row], [near, near], 1e-5)
+    assert agrees({"output": row[None]}, {"output": near[None]}, 1e-5)
+    assert agrees([{"label": "7", "score": 0.999}], [{"label": "7", "score": 0.9990001}], 1e-5)
+    assert agrees([1.0, 2.0], np.array([1.0, 2.0]), 1e-5)  # a list against an array of its values
+    assert not agrees([{"label": "7", "score": 0.99}], [{"label": "1", "score": 0.99}], 1e-5)
+    assert not agrees([row], [row, row], 1e-5)
+    assert not agrees({"output": row}, {"other": row}, 1e-5)
+    assert not agrees([row], [row + 0.1], 1e-5)
+    assert not agrees("7", b"7", 1e-5)

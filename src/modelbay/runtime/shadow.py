@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from modelbay.codecs.oip_json import encode_json
-from modelbay.errors import InferenceFailed, Overloaded
+from modelbay.errors import Overloaded
 from modelbay.registry.registry import ServedModel
 from modelbay.runtime.batcher import BACKGROUND
+from modelbay.runtime.context import CURRENT
 
 Compute = Callable[[ServedModel], Awaitable[tuple[Any, Any]]]
 NUMERIC_KINDS = "biufc"  # numpy dtype kinds compared within a tolerance; others must be equal
@@ -70,6 +70,7 @@ class Shadows:
 async def _shadow_call(model: ServedModel, compute: Compute, served: Any, tolerance: float) -> None:
     """Run one shadow call and record it; nothing it raises leaves it (but cancellation)."""
     BACKGROUND.set(True)  # in this task's own context: its batches run at the lowest CPU priority
+    CURRENT.set(None)  # not the served request: its batch size and spans are not the shadow's
     started = time.perf_counter()
     try:
         async with asyncio.timeout(model.timeout_s):
@@ -90,17 +91,31 @@ async def _shadow_call(model: ServedModel, compute: Compute, served: Any, tolera
 
 
 def agrees(served: Any, shadow: Any, tolerance: float) -> bool:
-    """Whether two answers agree: OIP outputs ({name: array}) when they have the same names and
-    shapes and every numeric element is within `tolerance` (absolute or relative: numpy.allclose,
-    NaN equal to NaN), other elements equal; predictions when their JSON is equal."""
-    if isinstance(served, dict) and isinstance(shadow, dict):
-        if served.keys() != shadow.keys():
-            return False
-        return all(_arrays_agree(served[name], shadow[name], tolerance) for name in served)
+    """Whether two answers agree: OIP outputs ({name: array}) or the simple door's predictions
+    (lists, dicts, arrays, numbers, strings), compared element by element: the same structure,
+    dict keys and shapes, every number within `tolerance` (absolute or relative: numpy.allclose,
+    NaN equal to NaN; the same model gives floats a last bit apart in batches of other sizes),
+    everything else equal."""
+    if isinstance(served, dict) or isinstance(shadow, dict):
+        return (
+            isinstance(served, dict)
+            and isinstance(shadow, dict)
+            and served.keys() == shadow.keys()
+            and all(agrees(served[key], shadow[key], tolerance) for key in served)
+        )
+    if isinstance(served, list | tuple) and isinstance(shadow, list | tuple):
+        return len(served) == len(shadow) and all(
+            agrees(a, b, tolerance) for a, b in zip(served, shadow, strict=True)
+        )
+    if isinstance(served, str | bytes) or isinstance(shadow, str | bytes):
+        return type(served) is type(shadow) and served == shadow
     try:
-        return encode_json(served) == encode_json(shadow)
-    except InferenceFailed:  # NaN or infinity, which JSON cannot carry: the caller got an error
-        return False
+        return _arrays_agree(served, shadow, tolerance)  # arrays, numbers, lists against arrays
+    except (TypeError, ValueError):  # objects numpy cannot compare: equal or not
+        try:
+            return bool(served == shadow)
+        except Exception:
+            return False
 
 
 def _arrays_agree(a: np.ndarray, b: np.ndarray, tolerance: float) -> bool:
