@@ -15,10 +15,14 @@ those that are slow (`watch`). A timer per request cost ~10 us on uvloop (benchm
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelbay.errors import ModelbayError
+
+if TYPE_CHECKING:
+    from modelbay.runtime.tracing import RequestTrace
 
 
 class ClientGone(Exception):
@@ -42,6 +46,11 @@ class RequestContext:
     headers:  the request's headers (HTTP, lower-case names) or metadata (gRPC), as the door read
               them: what a per-model rule may look at (a sticky split's header). Never logged.
     parameters: request parameters a door passes on to the core (none of the doors does yet), {}.
+    request_id: the request's id (`x-request-id`, the client's or one the door made): what its
+              access log line and answer carry; "" when the door gave none.
+    span:     the request's trace (runtime/tracing.py) while it is sampled, else None (tracing off).
+    batch_size: rows in the batch that answered the request (its last batch), once one did; 0 when
+              none did (a cache hit, or a request refused before it).
     started:  `time.monotonic()` when the dataplane took the request.
     task:     the asyncio task serving the request; the dataplane fills it in.
     watcher:  the task awaiting `watch`, once started.
@@ -49,12 +58,15 @@ class RequestContext:
     """
 
     __slots__ = (
+        "batch_size",
         "caller",
         "deadline",
         "headers",
         "parameters",
         "reason",
+        "request_id",
         "routing_key",
+        "span",
         "started",
         "task",
         "trace",
@@ -72,6 +84,7 @@ class RequestContext:
         routing_key: str | None = None,
         parameters: dict[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
+        request_id: str = "",
     ) -> None:
         self.deadline = deadline
         self.watch = watch
@@ -84,6 +97,9 @@ class RequestContext:
         self.task: asyncio.Task[Any] | None = None
         self.watcher: asyncio.Task[None] | None = None
         self.reason: ModelbayError | ClientGone | None = None
+        self.request_id = request_id
+        self.span: RequestTrace | None = None
+        self.batch_size = 0
 
     def end(self, reason: ModelbayError | ClientGone) -> None:
         """End the request now: its task is cancelled, and the dataplane raises `reason` in its place.
@@ -94,3 +110,15 @@ class RequestContext:
         if self.reason is None and task is not None and not task.done():
             self.reason = reason
             task.cancel()
+
+
+# The request the running task serves (set by the dataplane around it): what the batcher records a
+# request's batch size and trace on. None outside one, and in a shadow call's task.
+CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "modelbay_request", default=None
+)
+# In the thread running a traced batch: its span's W3C traceparent, which a model worker process
+# gets with the batch (runtime/process_predictors.py); None otherwise.
+BATCH_TRACEPARENT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "modelbay_batch_traceparent", default=None
+)
