@@ -126,16 +126,20 @@ class Served:
 
 
 @contextlib.contextmanager
-def serve_process(*args: str, timeout_s: float = 90.0, cwd: Path = ROOT) -> Iterator[Served]:
+def serve_process(
+    *args: str, timeout_s: float = 90.0, cwd: Path = ROOT, bin_dir: Path | None = None
+) -> Iterator[Served]:
     """Run the real `modelbay serve ARGS` on a free loopback HTTP port (gRPC off unless ARGS set
-    --grpc-port); yield it once ready.
+    --grpc-port); yield it once ready. bin_dir: the environment whose `modelbay` runs (default:
+    this interpreter's).
 
     Readiness is polled on /v2/health/ready (never read from a log line); the process is
     stopped by PID at the end. Raises RuntimeError with its output if it exits or never gets ready.
     """
     port = free_port()
     grpc = [] if "--grpc-port" in args else ["--grpc-port", "0"]
-    command = [str(Path(sys.executable).parent / "modelbay"), "serve", *args, "--port", str(port), *grpc]
+    modelbay = (bin_dir or Path(sys.executable).parent) / "modelbay"
+    command = [str(modelbay), "serve", *args, "--port", str(port), *grpc]
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=cwd)
         served = Served(f"http://127.0.0.1:{port}", process, output)

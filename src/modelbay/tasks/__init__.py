@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modelbay.errors import InvalidInput, ModelLoadError
-from modelbay.loading.runner import Runner
 from modelbay.settings import ModelConfig, TensorConfig
 from modelbay.tasks.image_classification import ImageClassifier
 from modelbay.tasks.tensor import TensorPredictor
 from modelbay.types import TensorSpec, numpy_dtype
+
+if TYPE_CHECKING:  # the runner protocol only: importing modelbay.loading here would be a cycle
+    from modelbay.loading.runner import Runner
 
 
 def tensor_specs(configs: list[TensorConfig] | None) -> list[TensorSpec] | None:

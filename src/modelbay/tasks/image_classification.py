@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from modelbay.codecs.images import ImageTransform, decode_base64
 from modelbay.errors import ModelLoadError
-from modelbay.loading.runner import Runner
 from modelbay.settings import ImageConfig
 from modelbay.tasks.tensor import Arrays, TensorPredictor
 from modelbay.types import TensorSpec
+
+if TYPE_CHECKING:  # the runner protocol only: importing modelbay.loading here would be a cycle
+    from modelbay.loading.runner import Runner
 
 
 class ImageClassifier(TensorPredictor):

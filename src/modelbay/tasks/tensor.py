@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from modelbay.codecs.oip_json import array_from_json
 from modelbay.errors import InvalidInput, ModelLoadError
-from modelbay.loading.runner import Runner
 from modelbay.predictor import Predictor
 from modelbay.runtime.collate import run_batched
 from modelbay.types import TensorSpec, datatype_of, numpy_dtype
+
+if TYPE_CHECKING:  # the runner protocol only: importing modelbay.loading here would be a cycle
+    from modelbay.loading.runner import Runner
 
 Arrays = list[np.ndarray]
 
