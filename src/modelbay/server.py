@@ -29,6 +29,7 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.supervisors import Multiprocess
 
+from modelbay import logs
 from modelbay.auth.access import Access
 from modelbay.errors import ModelLoadError
 from modelbay.grpc.servicer import create_grpc_server
@@ -47,6 +48,8 @@ from modelbay.tasks.tensor import TensorPredictor
 
 if TYPE_CHECKING:
     import torch  # torch is optional (modelbay[torch]): imported only where a torch model is served
+
+    from modelbay.runtime.tracing import Tracing
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 SEVERAL_WORKERS = (
@@ -71,6 +74,7 @@ class Server:
         # What was loaded at start and from where: what the model manager loads again.
         self.models = ServerModels({}, {}, None)
         self.access: Access | None = None  # the API keys of `settings.auth`, read by load()
+        self._tracing: Tracing | None = None  # with `settings.tracing`: made by load(), ended by the app
         self._uvicorn: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._drain: Callable[[], object] | None = None  # begins the drain, from any thread
@@ -123,6 +127,8 @@ class Server:
         or the key file and its problem."""
         if self.settings.auth is not None and self.access is None:
             self.access = Access.from_file(self.settings.auth, health=self.settings.auth_health)
+        if self.settings.tracing:
+            self._tracing = self._tracing or traces(self.settings)
         for entry in self.settings.models:
             self._pending.append(load_model(entry))
         self.settings = msgspec.structs.replace(self.settings, models=[])
@@ -171,8 +177,9 @@ class Server:
         (ModelbayApp.drain). With API keys, both doors check them (`self.access`), and the key
         file is read again when it changes (Access.watch).
         """
-        dataplane = Dataplane(self.registry)
         settings = self.settings
+        tracing = self._tracing or traces(settings)
+        dataplane = Dataplane(self.registry, tracing=tracing)
         grace = settings.graceful_timeout_s
         access = self.access
         dataplane.manager = manager = ModelManager(
@@ -220,6 +227,9 @@ class Server:
                 if not await served.drained() and grpc_server is not None:
                     await grpc_server.stop(grace)
                 await dataplane.stop()
+                if tracing is not None:
+                    tracing.shutdown()  # the spans still buffered are exported
+                    self._tracing = None
 
         served = create_app(
             dataplane,
@@ -335,7 +345,8 @@ def uvicorn_config(app: ModelbayApp | str, settings: Settings, **extra: Any) -> 
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=False,
+        access_log=False,  # modelbay writes its own access lines (modelbay.logs)
+        log_config=None,  # modelbay.logs.configure sets up logging, uvicorn's loggers included
         lifespan="on",
         proxy_headers=False,  # clients reach modelbay directly; nothing to rewrite per request
         http=ReadTimeoutProtocol,
@@ -347,6 +358,21 @@ def uvicorn_config(app: ModelbayApp | str, settings: Settings, **extra: Any) -> 
     )
     config.read_timeout_s = settings.read_timeout_s  # type: ignore[attr-defined]  # ReadTimeoutProtocol
     return config
+
+
+def traces(settings: Settings) -> Tracing | None:
+    """The OpenTelemetry traces of this process with `settings.tracing` (runtime/tracing.py), else
+    None. Raises ModelLoadError when the SDK is not installed (modelbay[tracing]) or
+    OTEL_TRACES_EXPORTER names an exporter modelbay does not ship (`Server.load` checks first)."""
+    if not settings.tracing:
+        return None
+    try:
+        from modelbay.runtime.tracing import Tracing
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"--tracing needs the OpenTelemetry SDK: pip install 'modelbay[tracing]' ({exc})"
+        ) from exc
+    return Tracing.from_environment()
 
 
 def _drain_on_exit_signals(drain: Callable[[], object]) -> None:
@@ -371,6 +397,7 @@ def _drain_on_exit_signals(drain: Callable[[], object]) -> None:
 def worker_app() -> ModelbayApp:
     """The app of one worker process: settings from the environment, models loaded here (uvicorn factory)."""
     settings = msgspec.json.decode(os.environ[WORKER_SETTINGS], type=Settings)
+    logs.configure(settings.log_level, settings.log_format, settings.access_log)
     server = Server(settings)
     server.load()
     server.tune_process()

@@ -337,6 +337,12 @@ class Settings(_Config):
     max_connections: most HTTP connections and requests in progress at once; past it a request
                     is answered 503 at once instead of waiting.
     log_level:      "debug", "info", "warning" or "error".
+    log_format:     "text" (a line of text per log line) or "json" (a JSON object per line), for
+                    every log line of the server (modelbay.logs).
+    access_log:     an access log line per request (modelbay.logs: request id, model, version,
+                    status, latency, batch size, caller), at INFO.
+    tracing:        OpenTelemetry traces of every request, exported as the OTEL_* environment
+                    variables say (modelbay.runtime.tracing; needs `modelbay[tracing]`).
     model_repository: a model repository folder (models/<name>/<version>/...) served live: models
                     are found there again on each load, on each poll, and uploads are written there.
     model_control_mode: Triton's terms. "explicit" (modelbay's default): the repository API loads
@@ -371,6 +377,9 @@ class Settings(_Config):
     read_timeout_s: float = 30.0
     max_connections: int = 1000
     log_level: str = "info"
+    log_format: str = "text"
+    access_log: bool = True
+    tracing: bool = False
     model_repository: str | None = None
     model_control_mode: str = "explicit"
     load_models: list[str] = msgspec.field(default_factory=list)
@@ -390,6 +399,8 @@ class Settings(_Config):
             raise msgspec.ValidationError(
                 f"model_control_mode must be one of {list(CONTROL_MODES)}, got {self.model_control_mode!r}"
             )
+        if self.log_format not in ("text", "json"):
+            raise msgspec.ValidationError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
         if self.repository_poll_s <= 0 or self.max_upload_bytes < 1:
             raise msgspec.ValidationError("repository_poll_s must be > 0 and max_upload_bytes >= 1")
 

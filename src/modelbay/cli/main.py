@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import logging
 import os
 import socket
 import sys
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 
 from modelbay._version import __version__
+from modelbay import logs
 from modelbay.cli import keys, repository
 from modelbay.client import Client
 from modelbay.errors import ModelbayError, ModelLoadError
@@ -40,6 +40,9 @@ SERVER_FLAGS = (
     "read_timeout_s",
     "max_connections",
     "log_level",
+    "log_format",
+    "access_log",
+    "tracing",
     "model_repository",
     "model_control_mode",
     "load_models",
@@ -125,6 +128,17 @@ def parser() -> argparse.ArgumentParser:
         "--max-connections", type=int, help="HTTP connections at once; past it, 503 at once (1000)"
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", choices=["text", "json"], help="log lines as text (default) or JSON")
+    serve.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        help="a log line per request: id, model, version, status, latency, batch size, caller (default on)",
+    )
+    serve.add_argument(
+        "--tracing",
+        action=argparse.BooleanOptionalAction,
+        help="OpenTelemetry traces of every request, exported as the OTEL_* variables say (default off)",
+    )
     live = serve.add_argument_group("live model repository (Triton's model control)")
     live.add_argument(
         "--model-repository",
@@ -347,11 +361,10 @@ def port_problem(settings: Settings) -> str | None:
 def serve(args: argparse.Namespace) -> int:
     """Load settings and models, then serve until interrupted. Returns the exit status: 2 when a
     setting, a model or a port stops it before anything listens."""
-    logging.basicConfig(
-        level=(args.log_level or "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(args.log_level or "info", args.log_format or "text")
     try:
         settings = serve_settings(args, environment())
+        logs.configure(settings.log_level, settings.log_format, settings.access_log)
         server = Server(settings)
         server.load()
     except ModelLoadError as exc:

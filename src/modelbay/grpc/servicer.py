@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -15,9 +15,26 @@ from modelbay.errors import InvalidInput, ModelNotFound, PayloadTooLarge
 from modelbay.grpc.errors import status_of, trailers_of
 from modelbay.grpc.generated import grpc_predict_v2_pb2 as pb
 from modelbay.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelbay.logs import REQUEST_ID, finish, request_id
 from modelbay.runtime.context import RequestContext
 from modelbay.runtime.dataplane import Dataplane
 from modelbay.runtime.management import is_loopback_host, load_request
+
+if TYPE_CHECKING:
+    from modelbay.runtime.tracing import RequestTrace
+
+INFER_CALL = "inference.GRPCInferenceService/ModelInfer"  # its trace span's and access line's name
+# Status codes that are the server's failure, not the caller's (OpenTelemetry's gRPC conventions).
+SERVER_SIDE = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -98,28 +115,47 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await _guarded(context, call)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
-        async def call() -> Any:
-            metadata = _metadata(context)
-            caller = self._authorize(context, Action.INFER, request.model_name, metadata)
+        """OIP ModelInfer. Its id returns in the trailing metadata `x-request-id`; its access line
+        and trace (modelbay.logs.finish) end as it is answered."""
+        arrived = time.monotonic()
+        metadata = _metadata(context)
+        # The client's own deadline, if it set one, bounds the request too (gRPC deadlines).
+        remaining = context.time_remaining()
+        ctx = RequestContext(
+            None if remaining is None else arrived + remaining,
+            trace=metadata.get("traceparent"),
+            routing_key=metadata.get("modelbay-routing-key"),
+            headers=metadata,
+            request_id=request_id(metadata.get(REQUEST_ID)),
+        )
+        if self.dataplane.tracing is not None:
+            self.dataplane.tracing.start(ctx, INFER_CALL, arrived)
+        ids = ((REQUEST_ID, ctx.request_id),)
+        version = request.model_version
+        try:
+            ctx.caller = self._authorize(context, Action.INFER, request.model_name, metadata)
             size = request.ByteSize()
             if size > self.max_message_bytes:
                 raise InvalidInput(
                     f"request message of {size} bytes is over the limit of {self.max_message_bytes} bytes"
                 )
-            # The client's own deadline, if it set one, bounds the request too (gRPC deadlines).
-            remaining = context.time_remaining()
-            deadline = None if remaining is None else time.monotonic() + remaining
-            ctx = RequestContext(
-                deadline,
-                caller=caller,
-                trace=metadata.get("traceparent"),
-                routing_key=metadata.get("modelbay-routing-key"),
-                headers=metadata,
-            )
-            response = await self.dataplane.infer(oip_grpc.decode_request(request), ctx)
-            return oip_grpc.encode_response(response)
-
-        return await _guarded(context, call)
+            span, began = ctx.span, time.monotonic()
+            decoded = oip_grpc.decode_request(request)
+            if span is not None:
+                began = _phase(span, "decode", began)
+            response = await self.dataplane.infer(decoded, ctx)
+            version, began = response.model_version, time.monotonic()
+            answer = oip_grpc.encode_response(response)
+            if span is not None:
+                _phase(span, "encode", began)
+        except Exception as exc:
+            code, details = status_of(exc)
+            error = details if code in SERVER_SIDE else None
+            finish(ctx, "grpc", INFER_CALL, request.model_name, version, code.value[0], arrived, error)
+            await context.abort(code, details, trailing_metadata=(*trailers_of(exc), *ids))
+        context.set_trailing_metadata(ids)
+        finish(ctx, "grpc", INFER_CALL, request.model_name, version, 0, arrived)
+        return answer
 
     # The model repository extension, as Triton's grpc_service.proto defines it. Each call needs an
     # admin API key, or without keys a loopback client (PERMISSION_DENIED otherwise), and takes an
@@ -211,6 +247,12 @@ def peer_host(peer: str) -> str:
 def is_loopback(peer: str) -> bool:
     """Whether a gRPC peer is on loopback (runtime/management.is_loopback_host of its address)."""
     return is_loopback_host(peer_host(peer))
+
+
+def _phase(span: RequestTrace, name: str, began: float) -> float:
+    now = time.monotonic()
+    span.phase(name, began, now)
+    return now
 
 
 async def _guarded(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Any]]) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.parse
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -25,7 +26,7 @@ def header_dict(scope: Scope) -> dict[str, str]:
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
 
 
-async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
+async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
     """The whole body of an ASGI request, refused with PayloadTooLarge once it passes `limit` bytes.
 
     A Content-Length over the limit is refused before reading; a chunked body is counted as it
@@ -84,7 +85,7 @@ def decode_json(body: bytes) -> Any:
         raise InvalidInput("request body is JSON nested too deeply") from None
 
 
-async def predict_examples(scope: Scope, headers: dict[str, str], body: bytes) -> tuple[list[Any], bool]:
+async def predict_examples(scope: Scope, headers: Mapping[str, str], body: bytes) -> tuple[list[Any], bool]:
     """The examples of a `POST /predict/{model}` body, and whether it asked for a single one.
 
     - `?url=...` in the query (repeated for several) and no body: each URL is one example, a

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from modelbay.errors import (
     InferenceFailed,
@@ -28,8 +28,12 @@ from modelbay.errors import (
     model_failure,
 )
 from modelbay.runtime.adaptive import AdaptiveBatchSize
+from modelbay.runtime.context import BATCH_TRACEPARENT, CURRENT, RequestContext
 from modelbay.runtime.threads import DaemonThreadPool
 from modelbay.settings import BatchingConfig
+
+if TYPE_CHECKING:
+    from modelbay.runtime.tracing import BatchTrace, BatchTracing, RequestTrace
 
 # Under an SLO, a batch below the limit stays open while requests arrive at most this far apart.
 ARRIVAL_GAP_S = 0.001
@@ -47,6 +51,7 @@ class _Pending:
     enqueued_at: float
     queued: bool = True
     background: bool = False
+    context: RequestContext | None = None  # the request it belongs to (its batch size, its trace)
 
 
 @dataclass(slots=True)
@@ -109,6 +114,7 @@ class Batcher:
         self.name = name
         self.stats = BatcherStats()
         self.observer: BatchObserver | None = None
+        self.tracer: BatchTracing | None = None  # with --tracing: the spans of its batches
         self.adaptive = (
             AdaptiveBatchSize(config.slo_ms, config.max_batch_size) if config.slo_ms is not None else None
         )
@@ -198,9 +204,9 @@ class Batcher:
         self._check(sizes)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        background = BACKGROUND.get()
+        background, context = BACKGROUND.get(), CURRENT.get()
         batch = [
-            _Pending(item, rows, loop.create_future(), now, background=background)
+            _Pending(item, rows, loop.create_future(), now, background=background, context=context)
             for item, rows in zip(items, sizes, strict=True)
         ]
         self._queue.extend(batch)
@@ -362,7 +368,8 @@ class Batcher:
 
         When the pass fails, the batch is split in halves and each half run again, down to single
         requests, so a bad request fails alone and good ones pay O(log n) extra passes, not n.
-        Every pass counts as a batch (stats, metrics).
+        Every pass counts as a batch (stats, metrics). Each request's context gets the batch's
+        rows (`batch_size`); with `tracer`, the batch and its traced requests get their spans.
         """
         loop = asyncio.get_running_loop()
         items = [pending.item for pending in batch]
@@ -374,9 +381,13 @@ class Batcher:
         if all(pending.background for pending in batch):
             executor = self._background_pool()
         started = self._running_since = time.monotonic()
+        tracer = self.tracer
+        traced = tracer.begin(_traces(batch), rows, started) if tracer is not None else None
         try:
-            outputs = await loop.run_in_executor(executor, self._checked_predict, items)
+            outputs = await loop.run_in_executor(executor, self._checked_predict, items, traced)
         except Exception as exc:
+            if tracer is not None and traced is not None:
+                tracer.end(traced, time.monotonic(), str(exc))
             # A dead or restarting worker process is no request's fault: halves would only crash
             # the restarted worker again, log2(n) times, so the whole batch fails at once.
             if len(batch) == 1 or isinstance(exc, WorkerProcessDied | ModelNotReady):
@@ -396,7 +407,11 @@ class Batcher:
         if self.observer is not None:
             waits = [started - pending.enqueued_at for pending in batch]
             self.observer.on_batch(rows, waits, finished - started)
+        if tracer is not None and traced is not None:
+            tracer.end(traced, finished)
         for pending, output in zip(batch, outputs, strict=True):
+            if pending.context is not None:
+                pending.context.batch_size = rows
             if not pending.future.done():
                 pending.future.set_result(output)
 
@@ -408,8 +423,15 @@ class Batcher:
             self._background.submit(lower_priority)  # its first job, before any batch
         return self._background
 
-    def _checked_predict(self, items: list[Any]) -> list[Any]:
-        outputs = self._predict(items)
+    def _checked_predict(self, items: list[Any], traced: BatchTrace | None = None) -> list[Any]:
+        if traced is None:
+            outputs = self._predict(items)
+        else:  # a model worker process gets the batch span's traceparent (process_predictors.py)
+            token = BATCH_TRACEPARENT.set(traced.traceparent)
+            try:
+                outputs = self._predict(items)
+            finally:
+                BATCH_TRACEPARENT.reset(token)
         if not isinstance(outputs, list | tuple) or len(outputs) != len(items):
             got = len(outputs) if isinstance(outputs, list | tuple) else type(outputs).__name__
             raise InferenceFailed(
@@ -434,6 +456,15 @@ def lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, thread, BACKGROUND_NICE)
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
+
+
+def _traces(batch: list[_Pending]) -> list[tuple[RequestTrace, float]]:
+    """The traced requests of a batch: (trace, time.monotonic() it was queued)."""
+    return [
+        (pending.context.span, pending.enqueued_at)
+        for pending in batch
+        if pending.context is not None and pending.context.span is not None
+    ]
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

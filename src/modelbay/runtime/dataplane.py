@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,11 +29,14 @@ from modelbay.registry.manager import ModelManager, VersionStatus
 from modelbay.registry.registry import ModelRegistry, ServedModel
 from modelbay.runtime.batcher import DefaultOutput
 from modelbay.runtime.cache import request_key
-from modelbay.runtime.context import ClientGone, RequestContext
+from modelbay.runtime.context import CURRENT, ClientGone, RequestContext
 from modelbay.runtime.fetch import UrlFetcher
 from modelbay.runtime.shadow import Shadows
 from modelbay.settings import TrafficConfig
 from modelbay.types import InferenceRequest, InferenceResponse
+
+if TYPE_CHECKING:
+    from modelbay.runtime.tracing import RequestTrace, Tracing
 
 SERVER_NAME = "modelbay"
 # How often the requests in flight are checked against their deadlines (so a deadline is kept to
@@ -64,11 +67,16 @@ class Dataplane:
 
     random: the draw of traffic splits and shadows, a uniform float in [0, 1) (a seeded
             `random.Random(seed).random` makes them repeatable).
+    tracing: the server's traces (`--tracing`, runtime/tracing.py): the doors begin each request's
+            span with it, every model's batcher gets its batch spans; None: no traces.
     """
 
-    def __init__(self, registry: ModelRegistry, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, registry: ModelRegistry, metrics: Metrics | None = None, tracing: Tracing | None = None
+    ) -> None:
         self.registry = registry
         self.metrics = metrics or Metrics()
+        self.tracing = tracing
         self._in_flight: dict[RequestContext, ServedModel] = {}
         self._busy = asyncio.Event()  # set when a request arrives while none is in flight
         self._sweeper: asyncio.Task[None] | None = None
@@ -83,6 +91,8 @@ class Dataplane:
         """Bind `model` to this dataplane's metrics (a model loaded at runtime gets them here too)."""
         model.metrics = self.metrics.for_model(model.name, model.version, _depth(model))
         model.batcher.observer = model.metrics
+        if self.tracing is not None:
+            model.batcher.tracer = self.tracing.for_model(model.name, model.version)
 
     def in_flight_for(self, model: ServedModel) -> int:
         """Requests being served now by `model` (in its hooks, queued, or in the model)."""
@@ -341,6 +351,7 @@ class Dataplane:
         if not self._in_flight:
             self._busy.set()
         self._in_flight[context] = model
+        current = CURRENT.set(context)  # what the batcher records the batch size and spans on
         try:
             return await work
         except asyncio.CancelledError:
@@ -349,6 +360,7 @@ class Dataplane:
             task.uncancel()
             raise context.reason from None
         finally:
+            CURRENT.reset(current)
             context.task = None
             del self._in_flight[context]
             if context.watcher is not None:
@@ -392,14 +404,22 @@ async def _infer(model: ServedModel, inputs: dict[str, np.ndarray]) -> tuple[dic
     predictor = model.predictor
     in_thread = predictor.preprocess_in_thread  # else no coroutine per hook on the hot path
     decode, encode = predictor.decode_tensors, predictor.encode_tensors
+    span = _span()
+    began = time.monotonic() if span is not None else 0.0
     item = await _call(model, decode, inputs) if in_thread else _hook(model, decode, inputs)
+    if span is not None:
+        began = _phase(span, model, "preprocess", began)
     output = await model.batcher.submit(item)
     defaulted = isinstance(output, DefaultOutput)
     if defaulted:
         output = output.value
+    if span is not None:
+        began = time.monotonic()
     outputs: dict[str, np.ndarray] = (
         await _call(model, encode, output) if in_thread else _hook(model, encode, output)
     )
+    if span is not None:
+        _phase(span, model, "postprocess", began)
     return outputs, defaulted
 
 
@@ -413,15 +433,36 @@ async def _predict(
     predictor = model.predictor
     in_thread = predictor.preprocess_in_thread
     pre, post = predictor.preprocess, predictor.postprocess
+    span = _span()
+    began = time.monotonic() if span is not None else 0.0
     items = [await _call(model, pre, x) if in_thread else _hook(model, pre, x) for x in examples]
+    if span is not None:
+        began = _phase(span, model, "preprocess", began)
     outputs = (
         [await model.batcher.submit(items[0])] if len(items) == 1 else await model.batcher.submit_many(items)
     )
     defaults = [index for index, y in enumerate(outputs) if isinstance(y, DefaultOutput)]
     if defaults:
         outputs = [y.value if isinstance(y, DefaultOutput) else y for y in outputs]
+    if span is not None:
+        began = time.monotonic()
     predictions = [await _call(model, post, y) if in_thread else _hook(model, post, y) for y in outputs]
+    if span is not None:
+        _phase(span, model, "postprocess", began)
     return predictions, defaults
+
+
+def _span() -> RequestTrace | None:
+    """The trace of the request being served, when it is sampled (runtime/tracing.py)."""
+    context = CURRENT.get()
+    return context.span if context is not None else None
+
+
+def _phase(span: RequestTrace, model: ServedModel, name: str, began: float) -> float:
+    """Record phase `name` of the request from `began` to now (time.monotonic()); returns now."""
+    now = time.monotonic()
+    span.phase(name, began, now, {"model_name": model.name, "model_version": model.version})
+    return now
 
 
 async def _cached(

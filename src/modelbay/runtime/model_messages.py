@@ -90,9 +90,11 @@ class Ready:
 
 @dataclass(slots=True)
 class Run:
-    """One forward pass: input arrays [batch, ...] in input order."""
+    """One forward pass: input arrays [batch, ...] in input order; `traceparent`: the batch's
+    span when it is traced (runtime/tracing.py), the parent of the worker's `forward` span."""
 
     arrays: list[np.ndarray]
+    traceparent: str | None = None
 
 
 @dataclass(slots=True)
@@ -115,9 +117,10 @@ class Item:
 @dataclass(slots=True)
 class Handle:
     """A whole batch for a predict.py handler: its items, preprocessed, predicted and
-    postprocessed (or encoded, for the OIP door) in the worker."""
+    postprocessed (or encoded, for the OIP door) in the worker; `traceparent` as for Run."""
 
     items: list[Item]
+    traceparent: str | None = None
 
 
 @dataclass(slots=True)

@@ -16,6 +16,7 @@ otherwise end it while its server still drains its requests; the server closes i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -25,7 +26,7 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -153,18 +154,52 @@ def load(start: Start) -> RunnerWorker | HandlerWorker:
 
 def serve(channel: Channel, worker: RunnerWorker | HandlerWorker) -> None:
     """Answer requests until the server closes the socket. A reply that cannot be pickled (model
-    code returned something that cannot travel) is answered with its Failure instead."""
+    code returned something that cannot travel) is answered with its Failure instead. A traced
+    batch (its message has a traceparent) is timed as a `forward` span (WorkerTraces)."""
+    traces = WorkerTraces()
     while True:
         try:
             message = channel.receive()
         except EOFError:
+            traces.shutdown()
             return
-        reply = worker.answer(message)
+        traceparent = getattr(message, "traceparent", None)
+        if traceparent is None:
+            reply = worker.answer(message)
+        else:
+            with traces.forward(traceparent):
+                reply = worker.answer(message)
         try:
             parts = frame(reply)
         except Exception as exc:
             parts = frame(Failure.of(exc))
         channel.write(parts)
+
+
+class WorkerTraces:
+    """The worker's OpenTelemetry spans (runtime/tracing.py), set up on the first traced batch from
+    the OTEL_* variables the server passed down; a worker without the SDK logs it once and goes on."""
+
+    def __init__(self) -> None:
+        self._tracing: Any = None
+        self._failed = False
+
+    def forward(self, traceparent: str) -> contextlib.AbstractContextManager[Any]:
+        if self._tracing is None and not self._failed:
+            try:
+                from modelbay.runtime.tracing import Tracing
+
+                self._tracing = Tracing.from_environment(role="model_worker")
+            except Exception as exc:  # no SDK in this environment, or a bad OTEL_* value
+                self._failed = True
+                log.warning("no traces from this model worker: %s", exc)
+        if self._tracing is None:
+            return contextlib.nullcontext()
+        return cast("contextlib.AbstractContextManager[Any]", self._tracing.forward(traceparent))
+
+    def shutdown(self) -> None:
+        if self._tracing is not None:
+            self._tracing.shutdown()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

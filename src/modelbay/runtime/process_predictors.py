@@ -18,6 +18,7 @@ import numpy as np
 
 from modelbay.errors import ModelLoadError
 from modelbay.predictor import Predictor
+from modelbay.runtime.context import BATCH_TRACEPARENT
 from modelbay.runtime.model_messages import Failure, Handle, Handled, Item, Ran, Run
 from modelbay.runtime.model_process import ModelProcess
 
@@ -40,7 +41,7 @@ class ProcessRunner:
         self.output_keys = process.ready.output_keys
 
     def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        ran = self.process.call(Run(arrays), Ran)
+        ran = self.process.call(Run(arrays, BATCH_TRACEPARENT.get()), Ran)
         if ran.output_keys is not None:
             self.output_keys = ran.output_keys
         return ran.arrays
@@ -108,7 +109,7 @@ class ProcessPredictor(Predictor):
 
     def predict(self, batch: list[Any]) -> list[Any]:
         """The batch's finished outputs from the worker, one per item, in order (one round trip)."""
-        return self.process.call(Handle(batch), Handled).outputs
+        return self.process.call(Handle(batch, BATCH_TRACEPARENT.get()), Handled).outputs
 
     def postprocess(self, output: Any) -> Any:
         """The simple door's finished prediction; raises the item's failure from the worker."""
