@@ -5,6 +5,7 @@ side in one run, on one core each.
     python benchmarks/hardening_cost.py --duration-s 3 --rounds 1     # a quick look (~40 s)
     python benchmarks/hardening_cost.py --rows mlp-oip-json --rounds 3
     python benchmarks/hardening_cost.py --base HEAD --head HEAD --head-auth   # API keys off vs on
+    python benchmarks/hardening_cost.py --base HEAD --head HEAD --head-flags=--tracing --otlp-sink
 
 Both trees are checked out from git into a temporary folder (`git worktree add --detach`, removed at
 the end): --base (f1c79e7, the last commit before the hardening) and --head (HEAD), so that work
@@ -27,7 +28,10 @@ every round's head/base ratio beside it.
 With --head-auth, the head server runs with `--auth` (one infer key, no rate limit, made by the
 head tree's `modelbay keys create`) and every request of its side sends the key
 (`Authorization: Bearer`): the cost of the access check (issue 11), e.g. against the same commit
-as base.
+as base. --base-flags / --head-flags add `modelbay serve` flags to one side (e.g. --head-flags
+"--tracing" or "--no-access-log"), --head-env VAR=VALUE environment variables (e.g.
+OTEL_TRACES_SAMPLER=traceidratio with OTEL_TRACES_SAMPLER_ARG=0.01); --otlp-sink runs an OTLP/HTTP
+receiver (benchmarks/otlp_sink.py, pinned to wrk's core) that both sides export their traces to.
 Only 127.0.0.1 is contacted; every wrk run ends at its deadline.
 Prints a Markdown table; writes benchmarks/results/hardening_cost.json.
 """
@@ -38,6 +42,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -51,7 +56,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from models import body, example, export  # noqa: E402
-from run import BIN, RESULTS, binary_body, free_port, metric, modelbay_command, running, wrk  # noqa: E402
+from run import BIN, RESULTS, binary_body, free_port, metric, modelbay_command, pin, running, wrk  # noqa: E402
 
 BASE = "f1c79e7"
 ROWS: dict[str, tuple[str, str]] = {  # row -> (model, door)
@@ -127,18 +132,19 @@ def measure(
     folder: Path,
     args: argparse.Namespace,
     auth: tuple[Path, str] | None = None,
+    extra: tuple[list[str], dict[str, str]] = ([], {}),
 ) -> dict[str, dict[str, float]]:
     """Start the `modelbay serve` of the tree at `src` for `model`; drive each door in turn with
     wrk (a warm-up, then --duration-s); door -> wrk's result. auth: (key file, key): the server
-    runs with --auth and every request sends the key."""
+    runs with --auth and every request sends the key. extra: (more serve flags, more variables)."""
     port = free_port()
-    flags = serve_flags(args) + (["--auth", str(auth[0])] if auth else [])
+    flags = serve_flags(args) + (["--auth", str(auth[0])] if auth else []) + extra[0]
     headers = {"Authorization": f"Bearer {auth[1]}"} if auth else None
     command = modelbay_command(artifact, port, "--name", model, *flags)
     base = f"http://127.0.0.1:{port}"
     simple = folder / f"{model}.json"
     results: dict[str, dict[str, float]] = {}
-    env = {"PYTHONPATH": str(src)}
+    env = {"PYTHONPATH": str(src), **extra[1]}
     with running(command, env, f"{base}/predict/{model}", simple.read_bytes(), headers):
         for door in doors:
             length: int | None = None
@@ -158,6 +164,18 @@ def measure(
             after = batches(port, model)
             results[door]["mean_batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1.0)
     return results
+
+
+@contextlib.contextmanager
+def otlp_sink() -> Iterator[dict[str, str]]:
+    """Run benchmarks/otlp_sink.py on wrk's core; yield the variables that send traces to it."""
+    port = free_port()
+    process = subprocess.Popen([*pin(1), sys.executable, str(HERE / "otlp_sink.py"), str(port)])
+    try:
+        yield {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"}
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def api_key(src: Path, folder: Path) -> tuple[Path, str]:
@@ -268,6 +286,12 @@ def main() -> None:
     parser.add_argument(
         "--head-auth", action="store_true", help="the head server with --auth, its requests with a key"
     )
+    parser.add_argument("--base-flags", default="", help="more `modelbay serve` flags for base")
+    parser.add_argument("--head-flags", default="", help="more `modelbay serve` flags for head")
+    parser.add_argument(
+        "--head-env", action="append", default=[], metavar="VAR=VALUE", help="a variable for head's server"
+    )
+    parser.add_argument("--otlp-sink", action="store_true", help="an OTLP/HTTP receiver for both sides")
     parser.add_argument("--out", type=Path, default=RESULTS / "hardening_cost.json")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -276,7 +300,13 @@ def main() -> None:
     models = list(dict.fromkeys(ROWS[row][0] for row in args.rows))
     runs: list[dict] = []
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp, worktrees(commits) as sources:
+    sink = otlp_sink() if args.otlp_sink else contextlib.nullcontext({})
+    head_env = dict(item.split("=", 1) for item in args.head_env)
+    with tempfile.TemporaryDirectory() as tmp, worktrees(commits) as sources, sink as sink_env:
+        extra = {
+            "base": (shlex.split(args.base_flags), dict(sink_env)),
+            "head": (shlex.split(args.head_flags), {**sink_env, **head_env}),
+        }
         folder = Path(tmp)
         imports = {side: imported_from(src) for side, src in sources.items()}
         for side, path in imports.items():
@@ -292,7 +322,14 @@ def main() -> None:
                 doors = {ROWS[row][1]: row for row in args.rows if ROWS[row][0] == model}
                 for side in order:
                     results = measure(
-                        sources[side], model, list(doors), artifacts[model], folder, args, auth.get(side)
+                        sources[side],
+                        model,
+                        list(doors),
+                        artifacts[model],
+                        folder,
+                        args,
+                        auth.get(side),
+                        extra[side],
                     )
                     for door, result in results.items():
                         runs.append({"row": doors[door], "side": side, "round": round_, **result})
@@ -319,6 +356,10 @@ def main() -> None:
                     "connections": args.connections,
                     "serve_flags": serve_flags(args),
                     "head_auth": args.head_auth,
+                    "base_flags": args.base_flags,
+                    "head_flags": args.head_flags,
+                    "head_env": head_env,
+                    "otlp_sink": args.otlp_sink,
                 },
                 "summary": rows,
                 "runs": runs,
