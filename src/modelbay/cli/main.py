@@ -21,7 +21,7 @@ import httpx
 
 from modelbay._version import __version__
 from modelbay import logs
-from modelbay.cli import keys, repository
+from modelbay.cli import keys, repository, ship
 from modelbay.client import Client
 from modelbay.errors import ModelbayError, ModelLoadError
 from modelbay.registry.repository import is_repository, scan_repository
@@ -190,6 +190,7 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="one JSON object per line: file, predictions")
     repository.add_parsers(commands)
     keys.add_parser(commands)
+    ship.add_parsers(commands)
     commands.add_parser("version", help="print the version")
     return root
 
@@ -410,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return repository.run(args, url, environment().get(API_KEY))
     if args.command == "keys":
         return keys.run(args, environment())
+    if args.command in ("build", "manifests"):
+        return ship.run(args)
     if args.command == "predict":
         try:
             return predict(args)
