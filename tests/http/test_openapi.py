@@ -112,3 +112,16 @@ async def test_the_document_lists_every_route_and_each_is_served(tiny: httpx.Asy
                 body = {}
             reply = await tiny.request(method.upper(), url, json=body if method == "post" else None)
             assert reply.status_code == 200, f"{method.upper()} {url}: {reply.status_code} {reply.text}"
+
+
+def test_the_document_says_how_keys_are_sent_and_what_a_refusal_answers() -> None:
+    schemes = DOCUMENT["components"]["securitySchemes"]
+    assert schemes["bearer"] == {**schemes["bearer"], "type": "http", "scheme": "bearer"}
+    assert schemes["apiKey"] == {"type": "apiKey", "in": "header", "name": "x-api-key"}
+    assert {} in DOCUMENT["security"]  # open without --auth
+    for path, item in DOCUMENT["paths"].items():
+        for method, operation in item.items():
+            assert {"401", "403", "429"} <= operation["responses"].keys(), (method, path)
+    infer = DOCUMENT["paths"]["/v2/models/{model}/infer"]["post"]
+    assert "x-request-id" in {parameter["name"] for parameter in infer["parameters"]}
+    assert {"x-request-id", "x-model-version"} <= infer["responses"]["200"]["headers"].keys()

@@ -157,6 +157,18 @@ _INFER_REQUEST = {
 # shutting down, 504 past the model's timeout_s.
 _INFERENCE_ERRORS = {str(status): _ERROR for status in (400, 404, 408, 413, 415, 500, 503, 504)}
 _MODEL = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+_REQUEST_ID = {
+    "name": "x-request-id",
+    "in": "header",
+    "required": False,
+    "description": "the request's id in the access log and in the answer's x-request-id: kept when it "
+    "is 1-128 characters of letters, digits and ._:-, else one is made",
+    "schema": {"type": "string"},
+}
+_ANSWER_HEADERS = {
+    "x-request-id": {"description": "the request id (given or made)", "schema": {"type": "string"}},
+    "x-model-version": {"description": "the model version that answered", "schema": {"type": "string"}},
+}
 _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
@@ -302,8 +314,21 @@ def openapi_document() -> dict[str, Any]:
             paths[path] = {method: {**operation, "parameters": params} for method, operation in item.items()}
         predict_path = paths[f"/predict/{suffix}"]["post"]
         predict_path["parameters"] = [*predict_path["parameters"], _URL_QUERY]
+        for path in (f"/predict/{suffix}", f"/v2/models/{suffix}/infer"):
+            operation = paths[path]["post"]
+            operation["parameters"] = [*operation["parameters"], _REQUEST_ID]
+            operation["responses"]["200"] = {**operation["responses"]["200"], "headers": _ANSWER_HEADERS}
+    _with_access_errors(paths)
     return {
         "openapi": "3.1.0",
+        # Without --auth no key is needed ({}); with it, a key as a bearer token or in x-api-key.
+        "security": [{}, {"bearer": []}, {"apiKey": []}],
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "an API key (modelbay keys)"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            }
+        },
         "info": {
             "title": "modelbay",
             "version": __version__,
@@ -311,6 +336,15 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": paths,
     }
+
+
+def _with_access_errors(paths: dict[str, Any]) -> None:
+    """Every operation may answer 401 (no valid key), 403 (a key of the wrong scope or model) and
+    429 (the key's rate limit, with Retry-After) once the server runs with --auth."""
+    for item in paths.values():
+        for operation in item.values():
+            for status in ("401", "403", "429"):
+                operation["responses"].setdefault(status, _ERROR)
 
 
 def _repository_paths() -> dict[str, Any]:
