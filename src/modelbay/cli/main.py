@@ -19,9 +19,9 @@ from typing import Any
 
 import httpx
 
-from modelbay._version import __version__
 from modelbay import logs
-from modelbay.cli import keys, repository, ship
+from modelbay._version import __version__
+from modelbay.cli import export, keys, repository, ship
 from modelbay.client import Client
 from modelbay.errors import ModelbayError, ModelLoadError
 from modelbay.registry.repository import is_repository, scan_repository
@@ -191,6 +191,7 @@ def parser() -> argparse.ArgumentParser:
     repository.add_parsers(commands)
     keys.add_parser(commands)
     ship.add_parsers(commands)
+    export.add_parser(commands)
     commands.add_parser("version", help="print the version")
     return root
 
@@ -413,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return keys.run(args, environment())
     if args.command in ("build", "manifests"):
         return ship.run(args)
+    if args.command == "export":
+        return export.run(args)
     if args.command == "predict":
         try:
             return predict(args)

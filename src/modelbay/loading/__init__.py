@@ -128,7 +128,12 @@ def _build(path: Path, config: ModelConfig, python: str | None = None) -> Predic
             lambda process: make_predictor(config, ProcessRunner(process), path.parent),
             python,
         )
-    return make_predictor(config, load_runner(fmt, path, config), path.parent)
+    runner = load_runner(fmt, path, config)
+    if config.torch_compile:
+        from modelbay.loading.compile import compile_runner  # imports torch: only when asked for
+
+        runner = compile_runner(runner, str(path))
+    return make_predictor(config, runner, path.parent)
 
 
 def _in_worker(
