@@ -22,12 +22,11 @@ from modelbay.errors import (
     ModelbayError,
     ModelNotReady,
     Unavailable,
-    model_failure,
 )
 from modelbay.metrics import Metrics
 from modelbay.registry.manager import ModelManager, VersionStatus
 from modelbay.registry.registry import ModelRegistry, ServedModel
-from modelbay.runtime.batcher import DefaultOutput
+from modelbay.runtime import steps
 from modelbay.runtime.cache import request_key
 from modelbay.runtime.context import CURRENT, ClientGone, RequestContext
 from modelbay.runtime.fetch import UrlFetcher
@@ -36,7 +35,7 @@ from modelbay.settings import TrafficConfig
 from modelbay.types import InferenceRequest, InferenceResponse
 
 if TYPE_CHECKING:
-    from modelbay.runtime.tracing import RequestTrace, Tracing
+    from modelbay.runtime.tracing import Tracing
 
 SERVER_NAME = "modelbay"
 # How often the requests in flight are checked against their deadlines (so a deadline is kept to
@@ -263,7 +262,7 @@ class Dataplane:
             return {name: outputs[name] for name in wanted}
 
         def compute(model: ServedModel) -> Awaitable[tuple[dict[str, np.ndarray], bool]]:
-            return _infer(model, inputs)
+            return steps.infer(model, inputs)
 
         model, outputs, defaults = await self._serve(
             "infer", request.model_name, request.model_version, context, compute, key, pick
@@ -289,7 +288,7 @@ class Dataplane:
             if not examples:
                 raise InvalidInput("the request has no examples; send at least one")
             model.batcher.check_count(len(examples))  # before preprocessing them all
-            return _predict(model, fetched[0] if fetched else examples, self.fetcher, fetched.append)
+            return steps.predict(model, fetched[0] if fetched else examples, self.fetcher, fetched.append)
 
         model, predictions, defaults = await self._serve(
             "predict", name, version, context, compute, lambda: request_key(["predict", *examples])
@@ -399,72 +398,6 @@ def _depth(model: ServedModel) -> Callable[[], float]:
     return lambda: float(model.batcher.queue_depth)
 
 
-async def _infer(model: ServedModel, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
-    """The model's named outputs for one OIP request, and whether they are its default output."""
-    predictor = model.predictor
-    in_thread = predictor.preprocess_in_thread  # else no coroutine per hook on the hot path
-    decode, encode = predictor.decode_tensors, predictor.encode_tensors
-    span = _span()
-    began = time.monotonic() if span is not None else 0.0
-    item = await _call(model, decode, inputs) if in_thread else _hook(model, decode, inputs)
-    if span is not None:
-        began = _phase(span, model, "preprocess", began)
-    output = await model.batcher.submit(item)
-    defaulted = isinstance(output, DefaultOutput)
-    if defaulted:
-        output = output.value
-    if span is not None:
-        began = time.monotonic()
-    outputs: dict[str, np.ndarray] = (
-        await _call(model, encode, output) if in_thread else _hook(model, encode, output)
-    )
-    if span is not None:
-        _phase(span, model, "postprocess", began)
-    return outputs, defaulted
-
-
-async def _predict(
-    model: ServedModel, examples: list[Any], fetcher: UrlFetcher, fetched: Callable[[list[Any]], None]
-) -> tuple[list[Any], list[int]]:
-    """One prediction per example (a UrlInput fetched first: `fetched` is given the examples
-    then), and the indices of those that are the default output."""
-    examples = await fetcher.resolve(examples, model.url_inputs, model.name)
-    fetched(examples)
-    predictor = model.predictor
-    in_thread = predictor.preprocess_in_thread
-    pre, post = predictor.preprocess, predictor.postprocess
-    span = _span()
-    began = time.monotonic() if span is not None else 0.0
-    items = [await _call(model, pre, x) if in_thread else _hook(model, pre, x) for x in examples]
-    if span is not None:
-        began = _phase(span, model, "preprocess", began)
-    outputs = (
-        [await model.batcher.submit(items[0])] if len(items) == 1 else await model.batcher.submit_many(items)
-    )
-    defaults = [index for index, y in enumerate(outputs) if isinstance(y, DefaultOutput)]
-    if defaults:
-        outputs = [y.value if isinstance(y, DefaultOutput) else y for y in outputs]
-    if span is not None:
-        began = time.monotonic()
-    predictions = [await _call(model, post, y) if in_thread else _hook(model, post, y) for y in outputs]
-    if span is not None:
-        _phase(span, model, "postprocess", began)
-    return predictions, defaults
-
-
-def _span() -> RequestTrace | None:
-    """The trace of the request being served, when it is sampled (runtime/tracing.py)."""
-    context = CURRENT.get()
-    return context.span if context is not None else None
-
-
-def _phase(span: RequestTrace, model: ServedModel, name: str, began: float) -> float:
-    """Record phase `name` of the request from `began` to now (time.monotonic()); returns now."""
-    now = time.monotonic()
-    span.phase(name, began, now, {"model_name": model.name, "model_version": model.version})
-    return now
-
-
 async def _cached(
     model: ServedModel, key: bytes, compute: Callable[[], Awaitable[Any]], keep: Callable[[Any], bool]
 ) -> Any:
@@ -472,21 +405,3 @@ async def _cached(
     value, hit = await model.cache.get_or_compute(key, compute, keep)
     (model.metrics.cache_hit if hit else model.metrics.cache_miss).inc()
     return value
-
-
-async def _call(model: ServedModel, hook: Callable[[Any], Any], arg: Any) -> Any:
-    """Run a per-request predictor hook on the model's own hook threads (`preprocess_in_thread`):
-    a hook that hangs holds only this model's threads, never the event loop or another model."""
-    return await asyncio.get_running_loop().run_in_executor(model.hooks, _hook, model, hook, arg)
-
-
-def _hook(model: ServedModel, hook: Callable[[Any], Any], arg: Any) -> Any:
-    """Run a per-request predictor hook. A ModelbayError from it passes through; anything else,
-    even SystemExit, is the model's failure (500) for this request only."""
-    try:
-        return hook(arg)
-    except BaseException as exc:
-        failure = model_failure(model.name, exc)
-        if failure is exc:
-            raise
-        raise failure from exc
