@@ -10,7 +10,6 @@ pass and record the fastest in the model folder's modelbay.yaml.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -33,7 +32,7 @@ BACKEND_KEYS = ("eager", "compile", "export")
 
 def add_parser(commands: Any) -> None:
     """Add `export` to the `modelbay` subparsers `commands`."""
-    from modelbay.cli.main import tensor_spec  # main imports this module: a top-level import would cycle
+    from modelbay.cli.main import artifact_arguments  # main imports this module: a top-level one would cycle
 
     export = commands.add_parser(
         "export",
@@ -52,19 +51,7 @@ def add_parser(commands: Any) -> None:
     )
     export.add_argument("--out", help="the file to write (default: beside the model, NAME.onnx / NAME.pt2)")
     model = export.add_argument_group("the model (as modelbay serve's flags)")
-    model.add_argument("--format", help="skip detection: torchscript, exported, checkpoint, safetensors")
-    model.add_argument("--arch", help="package.module:Class that builds the network for a state_dict")
-    model.add_argument("--arch-kwargs", type=json.loads, help="JSON object of keyword arguments for --arch")
-    model.add_argument("--trust-pickle", action=argparse.BooleanOptionalAction, help="allow a pickled module")
-    for role in ("input", "output"):
-        model.add_argument(
-            f"--{role}",
-            dest=f"{role}s",
-            action="append",
-            type=tensor_spec,
-            metavar="NAME:DATATYPE:SHAPE",
-            help=f"declare a model {role}, e.g. x:FP32:-1,4; repeat for each, in order",
-        )
+    artifact_arguments(model)
     model.add_argument(
         "--example-shape",
         dest="example_shapes",

@@ -199,17 +199,8 @@ def parser() -> argparse.ArgumentParser:
 def _model_arguments(model: argparse._ArgumentGroup) -> None:
     model.add_argument("--name", help="model name in URLs (one model only; default: file or folder name)")
     model.add_argument("--model-version", dest="version", help="model version (default 1)")
-    model.add_argument(
-        "--format", help="skip detection: torchscript, exported, checkpoint, safetensors, onnx"
-    )
     model.add_argument("--task", help="tensor (default) or image-classification")
-    model.add_argument("--arch", help="package.module:Class that builds the network for a state_dict")
-    model.add_argument("--arch-kwargs", type=json.loads, help="JSON object of keyword arguments for --arch")
-    model.add_argument(
-        "--trust-pickle",
-        action=argparse.BooleanOptionalAction,
-        help="allow unpickling a full torch.save(model) file (runs code from the file)",
-    )
+    artifact_arguments(model)
     model.add_argument(
         "--worker-process",
         action=argparse.BooleanOptionalAction,
@@ -223,6 +214,21 @@ def _model_arguments(model: argparse._ArgumentGroup) -> None:
     )
     model.add_argument(
         "--preprocess-threads", type=int, help="threads of the model's own pool for its request hooks (2)"
+    )
+
+
+def artifact_arguments(model: argparse._ArgumentGroup) -> None:
+    """The flags that say how to read a model's artifact (`serve` and `export`): --format, --arch,
+    --arch-kwargs, --trust-pickle, --input and --output (each NAME:DATATYPE:SHAPE, repeatable)."""
+    model.add_argument(
+        "--format", help="skip detection: torchscript, exported, checkpoint, safetensors, onnx"
+    )
+    model.add_argument("--arch", help="package.module:Class that builds the network for a state_dict")
+    model.add_argument("--arch-kwargs", type=json.loads, help="JSON object of keyword arguments for --arch")
+    model.add_argument(
+        "--trust-pickle",
+        action=argparse.BooleanOptionalAction,
+        help="allow unpickling a full torch.save(model) file (runs code from the file)",
     )
     for role in ("input", "output"):
         model.add_argument(

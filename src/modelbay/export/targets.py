@@ -52,6 +52,11 @@ def write(
             )
             assert onnx_program is not None  # None only for the TorchScript exporter (dynamo=False)
             onnx_program.save(str(path))
+    except ImportError as exc:  # the dynamo exporter needs onnx and onnxscript, which torch does not bring
+        raise ExportFailed(
+            f"the ONNX exporter needs the onnx and onnxscript packages ({exc}): "
+            "pip install 'modelbay[examples]', or pip install onnx onnxscript"
+        ) from exc
     except Exception as exc:
         raise ExportFailed(f"the ONNX exporter cannot translate the model: {summary(exc)}") from exc
 
