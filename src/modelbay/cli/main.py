@@ -21,7 +21,7 @@ import httpx
 
 from modelbay import logs
 from modelbay._version import __version__
-from modelbay.cli import export, keys, repository, ship
+from modelbay.cli import bench, export, keys, repository, ship
 from modelbay.client import Client
 from modelbay.errors import ModelbayError, ModelLoadError
 from modelbay.registry.repository import is_repository, scan_repository
@@ -192,6 +192,7 @@ def parser() -> argparse.ArgumentParser:
     keys.add_parser(commands)
     ship.add_parsers(commands)
     export.add_parser(commands)
+    bench.add_parser(commands)
     commands.add_parser("version", help="print the version")
     return root
 
@@ -422,6 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ship.run(args)
     if args.command == "export":
         return export.run(args)
+    if args.command == "bench":
+        return bench.run(args, environment().get(API_KEY))
     if args.command == "predict":
         try:
             return predict(args)

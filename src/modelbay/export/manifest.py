@@ -1,6 +1,8 @@
-"""Record what `modelbay export` chose in a model folder's modelbay.yaml, keeping the rest of it.
+"""Record what `modelbay export` (or `modelbay bench`) chose in a model folder's modelbay.yaml,
+keeping the rest of it.
 
-The fields are written at the end of the file in a block between two marker comments, with the
+The fields are written at the end of the file in a block between two marker comments naming the
+command (`by`), with the
 measured figures as comments above them; an earlier block, and top-level lines setting the same
 fields elsewhere, are removed first. Everything else, the user's comments included, stays as it
 was, which a YAML load-and-dump would not keep. The result is parsed and converted to a
@@ -20,13 +22,15 @@ import yaml
 from modelbay.errors import ModelLoadError
 from modelbay.settings import MANIFEST_NAME, ModelConfig, convert, model_entry, read_yaml
 
-BEGIN = "# >>> modelbay export"
-END = "# <<< modelbay export"
+BEGIN = "# >>> {by}"
+END = "# <<< {by}"
 
 
-def record(folder: Path, fields: Mapping[str, Any], comments: Sequence[str] = ()) -> Path:
+def record(
+    folder: Path, fields: Mapping[str, Any], comments: Sequence[str] = (), by: str = "modelbay export"
+) -> Path:
     """Set `fields` (ModelConfig fields) in `folder`'s modelbay.yaml, made if missing; `comments`
-    are written above them as `# ` lines. Returns the manifest's path.
+    are written above them as `# ` lines, in the block of command `by`. Returns the manifest's path.
 
     Raises ModelLoadError when the existing file is not a YAML mapping, or when the result would
     not be a valid model configuration (nothing is written then).
@@ -35,9 +39,10 @@ def record(folder: Path, fields: Mapping[str, Any], comments: Sequence[str] = ()
     old = path.read_text() if path.is_file() else ""
     if old:
         read_yaml(path)  # refuses a manifest that is not a YAML mapping before editing it
-    kept = without(old.splitlines(), set(fields))
+    kept = without(old.splitlines(), set(fields), by)
     dumped = yaml.safe_dump(dict(fields), sort_keys=False, default_flow_style=False, width=1000)
-    block = [BEGIN, *(f"# {line}".rstrip() for line in comments), *dumped.splitlines(), END]
+    begin, end = BEGIN.format(by=by), END.format(by=by)
+    block = [begin, *(f"# {line}".rstrip() for line in comments), *dumped.splitlines(), end]
     text = "\n".join([*kept, *([""] if kept else []), *block]) + "\n"
     try:
         convert(model_entry(yaml.safe_load(text)), ModelConfig, str(path))
@@ -56,16 +61,18 @@ def record(folder: Path, fields: Mapping[str, Any], comments: Sequence[str] = ()
     return path
 
 
-def without(lines: Sequence[str], keys: set[str]) -> list[str]:
-    """`lines` of a YAML mapping without an earlier export block, and without the top-level
-    entries of `keys` (a `key:` line at column 0 and its indented or `-` continuation lines)."""
+def without(lines: Sequence[str], keys: set[str], by: str = "modelbay export") -> list[str]:
+    """`lines` of a YAML mapping without an earlier block of command `by`, and without the
+    top-level entries of `keys` (a `key:` line at column 0 and its indented or `-` continuation
+    lines; also inside another command's block)."""
     out: list[str] = []
     in_block = skipping = False
+    begin, end = BEGIN.format(by=by), END.format(by=by)
     for line in lines:
-        if line.startswith(BEGIN):
+        if line.startswith(begin):
             in_block = True
         elif in_block:
-            in_block = not line.startswith(END)
+            in_block = not line.startswith(end)
         elif skipping and line[:1] in (" ", "\t", "-"):
             continue
         elif line[:1] not in ("", " ", "\t", "#", "-") and line.partition(":")[0].strip() in keys:
