@@ -34,7 +34,7 @@ def test_a_created_key_is_random_shown_once_and_stored_only_as_its_hash(tmp_path
     assert key not in text and key.removeprefix("mb_") not in text and other not in text
     assert hashlib.sha256(key.encode()).hexdigest() in text
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert [name for name in (p.name for p in tmp_path.iterdir())] == ["keys.yaml"]  # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".keys.yaml.lock", "keys.yaml"]  # no temporary left
     stored = yaml.safe_load(text)["keys"][0]
     assert stored == {
         "name": "mobile-app",
@@ -223,3 +223,17 @@ def test_the_key_file_is_read_again_when_it_changes(tmp_path: Path, caplog: pyte
     assert access.names == ["second"]  # a broken file leaves the keys in use
     assert "stay in use" in caplog.text
     assert first not in caplog.text and second not in caplog.text
+
+
+def test_keys_created_at_once_are_all_kept(tmp_path: Path) -> None:
+    """Eight processes each create a key in the same file at the same moment: the lock makes
+    each read the others' keys before writing, so none is lost."""
+    import multiprocessing
+
+    path = tmp_path / "keys.yaml"
+    context = multiprocessing.get_context("fork")
+    with context.Pool(8) as pool:
+        made = pool.starmap(create_key, [(path, f"app-{i}", ["infer"]) for i in range(8)])
+    stored = {key.name: key.sha256 for key in read_keys(path)}
+    assert sorted(stored) == sorted(f"app-{i}" for i in range(8))
+    assert {digest(key) for key, _ in made} == set(stored.values())

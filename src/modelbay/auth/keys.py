@@ -23,11 +23,14 @@ the old one, so a reader (a server reloading it) sees the old file or the new, n
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import hashlib
 import os
 import re
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +172,18 @@ def create_key(
     Raises ValueError for a name already in the file or an invalid entry (ApiKey's rules),
     ModelLoadError when the file cannot be read.
     """
+    with _locked(path):  # two `keys create` at once: each reads the other's key before writing
+        return _create_key(path, name, scopes, models, rate_per_s, burst)
+
+
+def _create_key(
+    path: Path,
+    name: str,
+    scopes: list[str],
+    models: list[str] | None,
+    rate_per_s: float | None,
+    burst: int | None,
+) -> tuple[str, ApiKey]:
     keys = read_keys(path, missing_ok=True)
     if any(key.name == name for key in keys):
         raise ValueError(f"the API key file {path} already has a key named {name!r}; revoke it first")
@@ -195,9 +210,23 @@ def revoke_key(path: Path, name: str) -> None:
 
     Raises ValueError when the file has no such key, ModelLoadError when it cannot be read.
     """
-    keys = read_keys(path)
-    kept = [key for key in keys if key.name != name]
-    if len(kept) == len(keys):
-        names = ", ".join(key.name for key in keys) or "none"
-        raise ValueError(f"the API key file {path} has no key named {name!r} (it has: {names})")
-    write_keys(path, kept)
+    with _locked(path):
+        keys = read_keys(path)
+        kept = [key for key in keys if key.name != name]
+        if len(kept) == len(keys):
+            names = ", ".join(key.name for key in keys) or "none"
+            raise ValueError(f"the API key file {path} has no key named {name!r} (it has: {names})")
+        write_keys(path, kept)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock (fcntl.flock on `.NAME.lock` beside the key file) while one change
+    reads and rewrites the file, so changes made at once are applied one after the other. The
+    server only reads the file (the rename makes each version whole) and never takes the lock."""
+    lock = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock)  # closing the descriptor releases the lock
