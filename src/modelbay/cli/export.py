@@ -142,18 +142,10 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def destination(model: ExportSource, target: str, out: str | None) -> Path:
-    """--out, else NAME.onnx / NAME.pt2 beside the model's file (NAME.export.pt2 when that is the
-    model's own file)."""
-    from modelbay.export.targets import SUFFIXES
+    """--out, else NAME.onnx / NAME.pt2 beside the model's file (modelbay.export.paths)."""
+    from modelbay.export.paths import export_path
 
-    if out:
-        return Path(out)
-    weights = model.weights
-    stem = weights.name.split(".")[0]
-    path = weights.with_name(stem + SUFFIXES[target])
-    return (
-        path if path.resolve() != weights.resolve() else weights.with_name(f"{stem}.export{SUFFIXES[target]}")
-    )
+    return Path(out) if out else export_path(model.weights, target)
 
 
 def _pin_weights(folder: Path, weights: Path, out: Path) -> None:

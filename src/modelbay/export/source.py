@@ -18,7 +18,7 @@ import torch
 
 from modelbay.errors import ModelLoadError
 from modelbay.export.check import random_inputs
-from modelbay.loading import _find_weights, load_model
+from modelbay.loading import load_model
 from modelbay.loading.detect import Format, detect
 from modelbay.loading.runner import Runner
 from modelbay.settings import ModelConfig
@@ -79,9 +79,7 @@ def load_source(
             "safetensors (with --arch)"
         )
     folder = path if path.is_dir() else None
-    weights = (
-        (path / loaded.config.weights if loaded.config.weights else _find_weights(path)) if folder else path
-    )
+    weights = loaded.artifact or path  # a runner is always loaded from a file
     inputs = _complete(list(getattr(loaded.predictor, "inputs", runner.inputs)), example_shapes, path)
     source = ExportSource(loaded.config, runner, module, inputs, weights, folder)
     source.examples = _read_examples(examples_file, inputs) if examples_file else _own_examples(source)

@@ -26,7 +26,6 @@ from modelbay.loading import onnx as onnx_loader
 from modelbay.loading.runner import Runner
 from modelbay.settings import ModelConfig
 
-SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2"}
 BACKENDS = {"onnx": "onnxruntime", "pt2": "torch.export"}  # what runs each target in the check
 
 

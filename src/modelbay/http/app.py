@@ -10,6 +10,7 @@ Routes:
   GET  /v2/models/{model}[/versions/{version}]      OIP model metadata
   GET  /v2/models/{model}[/versions/{version}]/ready
   POST /v2/models/{model}[/versions/{version}]/infer
+  GET  /v2/models/{model}[/versions/{version}]/onnx the version's ONNX file (http/download.py)
   GET  /openapi.json, /docs                          the API description
   GET  /metrics                                     Prometheus metrics (modelbay.metrics)
   POST /v2/repository/index, /v2/repository/models/{model}/load|unload
@@ -35,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 from modelbay.auth.access import Access, Action, authorize, credential
 from modelbay.codecs.oip_json import encode_json
 from modelbay.errors import ModelbayError, Unavailable
+from modelbay.http.download import download_routes
 from modelbay.http.errors import error_body, guarded, json_response
 from modelbay.http.inference import CALLER, InferenceRoutes, match
 from modelbay.http.openapi import docs_page, openapi_document
@@ -130,6 +132,7 @@ def create_app(
         Route("/v2/health/ready", guarded(ready)),
     ]
     routes += repository_routes(dataplane, max_body_bytes, max_upload_bytes)
+    routes += download_routes(dataplane)
     starlette = Starlette(
         routes=routes,
         lifespan=lifespan or dataplane_only,

@@ -6,6 +6,7 @@ import html
 from typing import Any
 
 from modelbay._version import __version__
+from modelbay.http.download import openapi_paths as download_paths
 from modelbay.types import DATATYPES, MAX_DIMS
 
 _ERROR = {
@@ -304,6 +305,7 @@ def openapi_document() -> dict[str, Any]:
         "/v2/health/ready": _health("OIP server ready: every model is ready"),
     }
     paths.update(_repository_paths())
+    paths.update(download_paths())
     for suffix, params in (("{model}", [_MODEL]), ("{model}/versions/{version}", [_MODEL, _VERSION])):
         for path, item in (
             (f"/predict/{suffix}", predict),

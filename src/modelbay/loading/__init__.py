@@ -40,11 +40,17 @@ _P = TypeVar("_P", bound=Predictor)
 
 @dataclass
 class LoadedModel:
-    """A built (not yet set up) predictor with the config it was built from."""
+    """A built (not yet set up) predictor with the config it was built from.
+
+    model_dir: the model folder, when it came from one.
+    artifact:  the model file it was loaded from (a model folder's weights); None for a
+               predict.py handler or a module handed over in memory.
+    """
 
     config: ModelConfig
     predictor: Predictor
     model_dir: Path | None = None
+    artifact: Path | None = None
 
     @property
     def name(self) -> str:
@@ -83,9 +89,9 @@ def load_model(entry: ModelConfig | Mapping[str, Any], *, in_worker: bool = Fals
             )
             return LoadedModel(config, handler, path)
         weights = path / config.weights if config.weights else _find_weights(path)
-        return LoadedModel(config, _build(weights, config, python), path)
+        return LoadedModel(config, _build(weights, config, python), path, weights)
     config = _named(entry, path.name.split(".")[0], str(path))
-    return LoadedModel(config, _build(path, config), None)
+    return LoadedModel(config, _build(path, config), None, path)
 
 
 def _named(config: ModelConfig, default: str, source: str) -> ModelConfig:

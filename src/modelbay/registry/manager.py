@@ -394,4 +394,5 @@ def build_served_model(loaded: LoadedModel) -> ServedModel:
         preprocess_threads=config.preprocess_threads,
         url_inputs=config.url_inputs,
         traffic=config.traffic,
+        artifact=loaded.artifact,
     )

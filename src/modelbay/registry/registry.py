@@ -26,6 +26,8 @@ class ServedModel:
     preprocess_threads: size of `hooks`, the model's own pool for its per-request hooks.
     url_inputs: which URLs the simple door may fetch for it (ModelConfig.url_inputs); None: none.
     traffic: the model's traffic policy in this version's settings (ModelConfig.traffic).
+    artifact: the model file it was loaded from (LoadedModel.artifact); None for a predict.py
+             handler or a module handed over in memory.
     ready:   True between a successful start and stop (OIP "model ready").
     metrics: bound by the Dataplane that serves it.
     """
@@ -40,6 +42,7 @@ class ServedModel:
     preprocess_threads: int = 2
     url_inputs: UrlInputConfig | None = None
     traffic: TrafficConfig | None = None
+    artifact: Path | None = None
     ready: bool = False
     batcher: Batcher = field(init=False)
     cache: PredictionCache | None = field(init=False, default=None)
