@@ -83,17 +83,20 @@ def test_server_then_local_copy_and_the_copy_follows_the_default_version(tmp_pat
         assert (gone.outputs["logits"].argmax(1) == load_digits().target[:16]).mean() > 0.9
 
 
-def test_without_a_copy_the_server_error_is_raised(tmp_path: Path) -> None:
-    folder = tmp_path / "torch"
-    shutil.copytree(Path(__file__).resolve().parents[2] / "src" / "modelbay" / "builtin" / "digits", folder)
-    copy = tmp_path / "copy.onnx"
+def test_refusals_are_raised_and_without_a_copy_nothing_answers(tmp_path: Path) -> None:
+    root = repository(tmp_path / "models")
     images = np.zeros((2, 1, 8, 8), np.float32)
-    with serve_process(str(folder)) as served, LocalFallback(served.url, "digits", copy) as model:
-        assert model.local_version is None  # the server offers no ONNX for a .pt2 without export
-        assert model.copy_problem is not None and "ModelNotFound" in model.copy_problem
-        with pytest.raises(ModelNotFound, match="modelbay export"):
+    with (
+        serve_process(str(root)) as served,
+        LocalFallback(served.url, "nope", tmp_path / "nope.onnx") as model,
+    ):
+        assert model.local_version is None  # no such model: no copy, and the client says why
+        assert model.copy_problem is not None and model.copy_problem.startswith("ModelNotFound: no model")
+        with pytest.raises(ModelNotFound):  # a refusal of the request is the server's to make
+            model.infer({"image": images})
+        with pytest.raises(ModelNotFound):
             model.refresh()
-        assert model.infer(images).source == "server"
-    model = LocalFallback(served.url, "digits", copy, deadline_s=1.0)
+    model = LocalFallback(served.url, "digits", tmp_path / "copy.onnx", deadline_s=1.0)
+    assert model.copy_problem is not None and model.copy_problem.startswith("unreachable: ConnectError")
     with model, pytest.raises(httpx.ConnectError):  # no copy, no server: nothing can answer
-        model.infer(images)
+        model.infer({"image": images})
