@@ -82,6 +82,8 @@ def test_digits_exports_to_onnx_and_passes_on_real_data(
     digits_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     np.savez(tmp_path / "digits.npz", image=digits_images())
+    manifest = digits_folder / "modelbay.yaml"
+    manifest.write_text(manifest.read_text().replace("weights: digits.pt2\n", ""))  # found, not named
     status = main(["export", str(digits_folder), "--to", "onnx", "--examples", str(tmp_path / "digits.npz")])
     out, err = capsys.readouterr()
     assert status == 0, err
@@ -90,8 +92,10 @@ def test_digits_exports_to_onnx_and_passes_on_real_data(
     assert row[0] == "logits" and float(row[1]) < 1e-4 and row[-3:] == ["0", "of", str((1797 + 10) * 10)]
     onnx_file = digits_folder / "digits.onnx"
     assert f"wrote {onnx_file}" in err
-    # the folder now holds two model files: its manifest already named the weights, so it is unchanged
-    assert yaml.safe_load((digits_folder / "modelbay.yaml").read_text())["weights"] == "digits.pt2"
+    # the folder now holds two model files: its manifest, which named none, now names the original
+    assert f"{manifest} now names digits.pt2 as the model's weights" in err
+    assert yaml.safe_load(manifest.read_text())["weights"] == "digits.pt2"
+    assert manifest.read_text().startswith("# The default model of `modelbay serve`")
     # the export, as modelbay serves it, answers as the original on every real scan, any batch size
     original = load_model({"path": str(digits_folder)}).predictor
     exported = load_model({"path": str(onnx_file)}).predictor
