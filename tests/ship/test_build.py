@@ -61,7 +61,7 @@ def test_an_onnx_only_context_holds_the_models_pins_and_wheel_and_no_torch(
     out = tmp_path / "context"
     assert build(onnx_repository, out, "--wheel", str(modelbay_wheel)) == 0
     printed = capsys.readouterr()
-    assert printed.out == f"docker build -t digits:1 {out}\npodman build -t digits:1 {out}\n"
+    assert printed.out == f"docker build -t digits:1 {out}\npodman build --format docker -t digits:1 {out}\n"
     assert "digits [onnx]; extras onnx" in printed.err and "(no torch)" in printed.err
     assert files_of(out) == [
         "Dockerfile",

@@ -152,7 +152,7 @@ def build(args: argparse.Namespace) -> int:
         )
     where = shlex.quote(str(out))
     print(f"docker build -t {shlex.quote(args.tag)} {where}")
-    print(f"podman build -t {shlex.quote(args.tag)} {where}")
+    print(f"podman build --format docker -t {shlex.quote(args.tag)} {where}")  # OCI drops HEALTHCHECK
     return 0
 
 
@@ -176,7 +176,7 @@ def rollout_of(args: argparse.Namespace) -> Rollout:
     inventory = take_inventory(Path(args.source))
     default = inventory.names[0] if len(inventory.names) == 1 else Path(args.source).resolve().name
     pod = PodPlan(
-        name=app_name(args.name or default, kserve=args.kserve),
+        name=app_name(args.name or default, kserve=args.kserve, exact=bool(args.name)),
         image=args.image,
         cpu=args.cpu,
         memory=args.memory or estimated_memory(inventory.size_bytes, inventory.needs_torch),

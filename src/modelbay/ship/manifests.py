@@ -74,13 +74,15 @@ class Rollout:
     max_unavailable: int | str = "10%"
 
 
-def app_name(text: str, *, kserve: bool = False) -> str:
+def app_name(text: str, *, kserve: bool = False, exact: bool = False) -> str:
     """`text` as an object name (DNS-1035 label: lowercase letters, digits and '-', starting with
     a letter, at most 63 characters; 45 for an InferenceService, whose name KServe extends).
+    A folder's name is lowercased and its other characters made '-'; an `exact` name (--name)
+    must be one already.
 
     Raises ValueError saying why when `text` cannot be made into one.
     """
-    name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    name = text if exact else re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
     limit = KSERVE_NAME_MAX if kserve else NAME_MAX
     if not _DNS_1035.match(name) or len(name) > limit:
         raise ValueError(

@@ -22,8 +22,8 @@ from typing import Any
 from modelbay.ship.images import GRPC_PORT, HTTP_PORT, LIVE_PATH, READY_PATH, UID
 
 MIB = 1 << 20
-# Resident memory of a server before its models: about 420 MiB with torch imported (README's
-# soak: 423 MiB with the digits model), well under 256 MiB with onnxruntime alone.
+# A server's memory before its models' weights, with room for batches: measured RSS of `modelbay
+# serve` on the digits CNN after a request, 365 MiB as a .pt2 (torch loaded), 107 MiB as ONNX.
 BASE_MIB = {True: 512, False: 256}
 GRACEFUL_TIMEOUT_S = 30  # `modelbay serve`'s default graceful_timeout_s
 PRESTOP_SLEEP_S = 5  # endpoints drop the pod while it still answers (kube-proxy catches up)
