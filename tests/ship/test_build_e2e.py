@@ -94,3 +94,26 @@ def test_a_package_only_in_a_models_own_environment_is_pinned_at_its_version_the
     installed = json.loads(environment.read_text())["installed"]
     assert f"unidecode=={installed['unidecode']}" in (out / "constraints.txt").read_text().splitlines()
     assert "unidecode>=1.3  # from a model's requirements.txt" in (out / "requirements.txt").read_text()
+
+
+def test_an_environment_prebuilt_as_in_the_image_is_the_one_serve_uses(
+    handler_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Dockerfile's prebuild step, then the entrypoint: the model's own environment is built
+    once, by the step, and `modelbay serve` finds it (nothing to resolve or create at start)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the image's cache folder, here
+    command = [sys.executable, "-m", "modelbay.ship.prebuild", str(handler_folder / "requirements.txt")]
+    built = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    envs = tmp_path / "cache" / "modelbay" / "envs"
+    (environment,) = [path for path in envs.iterdir() if not path.name.startswith(".")]  # and its lock
+    assert built.stdout.strip() == f"modelbay: the environment of {command[-1]}: {environment}/bin/python"
+    with serve_process(str(handler_folder)) as served:
+        reply = httpx.post(f"{served.url}/predict/sklearn-digits", json={"input": [0.0] * 64}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        assert isinstance(reply.json()["predictions"], int)
+        assert f"reused from cache ({environment})" in served.log()
+    broken = handler_folder / "requirements.txt"
+    broken.write_text("--index-url https://example.com/simple\n")
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "uses the option --index-url" in refused.stderr
