@@ -8,6 +8,9 @@
   GET  /v2/repository/models/{model}/traffic  modelbay's own: the model's traffic policy (split,
   POST /v2/repository/models/{model}/traffic  sticky, shadow) and how it applies now; POST sets
                                               it (the policy as JSON, null clears it)
+  GET  /v2/repository/models/{model}/versions/{version}/log
+                                              modelbay's own: the version's state and the log
+                                              lines of its last load (registry/load_log.py)
 
 Bodies are optional JSON objects: the index takes {"ready": bool}; load and unload take
 {"parameters": {...}}: for load, Triton's `config` (a JSON object as a string) and
@@ -25,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelbay.errors import InvalidInput, PayloadTooLarge
+from modelbay.errors import InvalidInput, ModelNotFound, PayloadTooLarge
 from modelbay.http.body import decode_json, header_dict, read_body
 from modelbay.http.errors import Endpoint, guarded, json_response
 from modelbay.registry.traffic import traffic_json, traffic_policy
@@ -89,12 +92,24 @@ def repository_routes(
         state = traffic_json(registry.traffic(name), registry.routes.get(name))
         return json_response({"name": name, **state})
 
+    async def version_log(request: Request) -> Response:
+        name, version = request.path_params["model"], request.path_params["version"]
+        rows = dataplane.repository_index()  # Unavailable without a model manager
+        row = next((r for r in rows if (r.name, r.version) == (name, version)), None)
+        if row is None or dataplane.manager is None:
+            raise ModelNotFound(f"no version {version!r} of model {name!r} in the repository index")
+        lines = dataplane.manager.load_log.lines(name, version)
+        return json_response(
+            {"name": name, "version": version, "state": str(row.state), "reason": row.reason, "lines": lines}
+        )
+
     return [
         Route("/v2/repository/index", _managed(index), methods=["POST"]),
         Route("/v2/repository/models/{model}/load", _managed(load), methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", _managed(unload), methods=["POST"]),
         Route("/v2/repository/models/{model}/default", _managed(default), methods=["POST"]),
         Route("/v2/repository/models/{model}/traffic", _managed(traffic), methods=["GET", "POST"]),
+        Route("/v2/repository/models/{model}/versions/{version}/log", _managed(version_log)),
     ]
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelbay.errors import InvalidInput, ModelbayError, ModelLoadError, ModelNotFound, Unavailable
 from modelbay.loading import LoadedModel, load_model
+from modelbay.registry.load_log import LoadLog
 from modelbay.registry.registry import ModelRegistry, ServedModel, version_key
 from modelbay.registry.repository import Fingerprint, ModelRepository
 from modelbay.registry.traffic import policy_json
@@ -91,6 +92,7 @@ class ModelManager:
     refused:   why this server's API may not change models (e.g. several worker processes would
                diverge), or None. Polling still runs where it is refused.
     max_upload_bytes: largest sum of a load's uploaded files.
+    load_log:  each version's log lines of its last load here (registry/load_log.py).
     Operations on one model name run one at a time.
     """
 
@@ -116,6 +118,7 @@ class ModelManager:
         self._status = {
             (m.name, m.version): VersionStatus(m.name, m.version, ModelState.READY) for m in registry
         }
+        self.load_log = LoadLog()
         self._configs: dict[str, dict[str, Any]] = {}  # a load's `config` override, kept per name
         self._locks: dict[str, asyncio.Lock] = {}
         self._retired = False  # a version was stopped since the last `_collect`
@@ -268,25 +271,30 @@ class ModelManager:
         outcomes: dict[str, ServedModel | str] = {}
         for version, source in sorted(sources.items(), key=lambda item: version_key(item[0])):
             self._set(name, version, ModelState.LOADING)
-            log.info("loading model %r version %s", name, version)
-            started = time.monotonic()
-            try:
-                model = await asyncio.to_thread(build_version, source)
-            except Exception as exc:
-                reason = exc.message if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
-                log.error("model %r version %s failed to load: %s", name, version, reason)
-                self._fail_or_keep(name, version, reason)
-                outcomes[version] = reason
-                continue
-            model.start()
-            self._dataplane.attach(model)
-            old = self._registry.replace(model)
-            self._set(name, version, ModelState.READY)
-            log.info("model %r version %s ready in %.1f s", name, version, time.monotonic() - started)
-            outcomes[version] = model
-            if old is not None:
-                await self._retire(old)
+            with self.load_log.capture(name, version):
+                outcomes[version] = outcome = await self._build_one(name, version, source)
+            if isinstance(outcome, ServedModel):
+                old = self._registry.replace(outcome)
+                self._set(name, version, ModelState.READY)
+                if old is not None:
+                    await self._retire(old)
         return outcomes
+
+    async def _build_one(self, name: str, version: str, source: Any) -> ServedModel | str:
+        """One version of `_build_all` built, set up and started; or the reason it failed (its row set)."""
+        log.info("loading model %r version %s", name, version)
+        started = time.monotonic()
+        try:
+            model = await asyncio.to_thread(build_version, source)
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+            log.error("model %r version %s failed to load: %s", name, version, reason)
+            self._fail_or_keep(name, version, reason)
+            return reason
+        model.start()
+        self._dataplane.attach(model)
+        log.info("model %r version %s ready in %.1f s", name, version, time.monotonic() - started)
+        return model
 
     async def _write(self, name: str, config: Mapping[str, Any] | None, files: Mapping[str, bytes]) -> None:
         if self.repository is None:
@@ -365,6 +373,14 @@ def build_version(source: Any) -> ServedModel:
         loaded = load_model(source.config) if source.config.path is not None else source
     else:
         loaded = load_model(source)
+    where = loaded.config.path or "code"
+    log.info(
+        "model %r version %s: read %s (%s)",
+        loaded.name,
+        loaded.config.version,
+        where,
+        loaded.predictor.platform,
+    )
     return build_served_model(loaded)
 
 
@@ -374,15 +390,18 @@ def build_served_model(loaded: LoadedModel) -> ServedModel:
     Blocking: called before the server listens, or on a thread by the model manager.
     Raises ModelLoadError naming the model when setup fails or the default output does not fit.
     """
+    config = loaded.config
+    started = time.monotonic()
     try:
         loaded.predictor.setup(loaded.model_dir)
-        if loaded.config.batching.default_output is not None:
-            loaded.predictor.default_output(loaded.config.batching.default_output, 1)
+        if config.batching.default_output is not None:
+            loaded.predictor.default_output(config.batching.default_output, 1)
     except ModelLoadError as exc:
         raise ModelLoadError(f"model {loaded.name!r}: {exc.message}") from exc
     except Exception as exc:
         raise ModelLoadError(f"model {loaded.name!r}: setup failed: {type(exc).__name__}: {exc}") from exc
-    config = loaded.config
+    took_s = time.monotonic() - started
+    log.info("model %r version %s: set up and warmed up in %.3f s", loaded.name, config.version, took_s)
     return ServedModel(
         loaded.name,
         config.version,
