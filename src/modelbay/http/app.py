@@ -11,7 +11,8 @@ Routes:
   GET  /v2/models/{model}[/versions/{version}]/ready
   POST /v2/models/{model}[/versions/{version}]/infer
   GET  /v2/models/{model}[/versions/{version}]/onnx the version's ONNX file (http/download.py)
-  GET  /openapi.json, /docs                          the API description
+  GET  /openapi.json                                the API description
+  GET  /, /docs, /dashboard/...                     the dashboard, the API reference (modelbay.dashboard)
   GET  /metrics                                     Prometheus metrics (modelbay.metrics)
   POST /v2/repository/index, /v2/repository/models/{model}/load|unload
                                                     OIP model repository extension (http/repository.py)
@@ -29,17 +30,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from modelbay.auth.access import Access, Action, authorize, credential
 from modelbay.codecs.oip_json import encode_json
+from modelbay.dashboard import dashboard_routes
 from modelbay.errors import ModelbayError, Unavailable
 from modelbay.http.download import download_routes
 from modelbay.http.errors import error_body, guarded, json_response
 from modelbay.http.inference import CALLER, InferenceRoutes, match
-from modelbay.http.openapi import docs_page, openapi_document
+from modelbay.http.openapi import openapi_document
 from modelbay.http.repository import repository_routes
 from modelbay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from modelbay.runtime.dataplane import Dataplane
@@ -99,12 +101,6 @@ def create_app(
     async def openapi(request: Request) -> Response:
         return json_response(document)
 
-    async def docs(request: Request) -> Response:
-        return HTMLResponse(docs_page(document))
-
-    async def root(request: Request) -> Response:
-        return RedirectResponse("/docs")
-
     @contextlib.asynccontextmanager
     async def dataplane_only(app: Starlette) -> AsyncIterator[None]:
         await dataplane.start()
@@ -116,10 +112,9 @@ def create_app(
     model = "/{model}"
     versioned = "/{model}/versions/{version}"
     routes = [
-        Route("/", root),
         Route("/openapi.json", openapi),
-        Route("/docs", docs),
         Route("/metrics", metrics),
+        *dashboard_routes(dataplane, document, keys=access is not None),
     ]
     for ref in (model, versioned):
         routes += [
@@ -248,7 +243,7 @@ def route_action(path: str) -> tuple[Action, str | None]:
 
       /predict/{model}..., /v2/models/{model}...   INFER, the model
       /v2/repository...                             ADMIN (the model repository API)
-      anything else                                 HEALTH (health, /v2, /metrics, docs; or a 404)
+      anything else                                 HEALTH (health, /v2, /metrics, docs, the dashboard; or a 404)
     """
     parts = path.split("/")
     if len(parts) >= 3 and parts[1] == "predict":

@@ -1,11 +1,11 @@
-"""The OpenAPI 3.1 document of the HTTP API, and a docs page that needs no CDN (edge boxes are offline)."""
+"""The OpenAPI 3.1 document of the HTTP API (the dashboard's API reference at /docs renders it)."""
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 from modelbay._version import __version__
+from modelbay.dashboard.summary import openapi_paths as dashboard_paths
 from modelbay.http.download import openapi_paths as download_paths
 from modelbay.types import DATATYPES, MAX_DIMS
 
@@ -306,6 +306,7 @@ def openapi_document() -> dict[str, Any]:
     }
     paths.update(_repository_paths())
     paths.update(download_paths())
+    paths.update(dashboard_paths())
     for suffix, params in (("{model}", [_MODEL]), ("{model}/versions/{version}", [_MODEL, _VERSION])):
         for path, item in (
             (f"/predict/{suffix}", predict),
@@ -352,15 +353,13 @@ def _with_access_errors(paths: dict[str, Any]) -> None:
 def _repository_paths() -> dict[str, Any]:
     """The OIP model repository extension (http/repository.py): loopback clients only (403)."""
     refusals = {"400": _ERROR, "403": _ERROR, "413": _ERROR}
-    row = {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string"},
-            "version": {"type": "string"},
-            "state": {"enum": ["UNAVAILABLE", "LOADING", "READY", "UNLOADING", "FAILED"]},
-            "reason": {"type": "string"},
-        },
+    fields: dict[str, Any] = {
+        "name": {"type": "string"},
+        "version": {"type": "string"},
+        "state": {"enum": ["UNAVAILABLE", "LOADING", "READY", "UNLOADING", "FAILED"]},
+        "reason": {"type": "string"},
     }
+    row = {"type": "object", "properties": fields}
     parameters_body = {
         "type": "object",
         "properties": {
@@ -435,6 +434,26 @@ def _repository_paths() -> dict[str, Any]:
             }
         },
         "/v2/repository/models/{model}/traffic": _traffic_path(refusals),
+        "/v2/repository/models/{model}/versions/{version}/log": {
+            "get": {
+                "summary": "A version's state and the log lines of its last load (modelbay's own route)",
+                "tags": ["repository"],
+                "parameters": [_MODEL, _VERSION],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                **fields,
+                                "lines": {"type": "array", "items": {"type": "string"}},
+                            },
+                        }
+                    ),
+                    "403": _ERROR,
+                    "404": _ERROR,
+                },
+            }
+        },
     }
 
 
@@ -484,21 +503,3 @@ def _traffic_path(refusals: dict[str, Any]) -> dict[str, Any]:
             "responses": {"200": _json(answer), **refusals, "404": _ERROR},
         },
     }
-
-
-def docs_page(document: dict[str, Any]) -> str:
-    """A plain HTML page listing every operation of `document` (no external scripts or styles)."""
-    rows = []
-    for path, item in document["paths"].items():
-        for method, operation in item.items():
-            rows.append(
-                f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
-                f"<td>{html.escape(operation.get('summary', ''))}</td></tr>"
-            )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>modelbay API</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td{padding:.2em 1em}</style></head><body>"
-        f"<h1>modelbay {html.escape(document['info']['version'])}</h1>"
-        "<p>The full description is at <a href='/openapi.json'>/openapi.json</a>.</p>"
-        f"<table>{''.join(rows)}</table></body></html>"
-    )
