@@ -24,6 +24,7 @@ from modelbay._version import __version__
 from modelbay.cli import bench, export, keys, repository, ship
 from modelbay.client import Client
 from modelbay.errors import ModelbayError, ModelLoadError
+from modelbay.ray import cli as ray_cli
 from modelbay.registry.repository import is_repository, scan_repository
 from modelbay.server import DEFAULT_MODEL, Server, run_workers
 from modelbay.settings import Settings, environment
@@ -176,6 +177,7 @@ def parser() -> argparse.ArgumentParser:
         help="with --auth: health, /v2, /metrics and the docs need a key too (default: open)",
     )
     _model_arguments(serve.add_argument_group("model (applies to every PATH, or every model in --config)"))
+    ray_cli.add_arguments(serve)
     predict = commands.add_parser(
         "predict",
         help="send files to a running server's simple door and print the predictions",
@@ -374,6 +376,9 @@ def serve(args: argparse.Namespace) -> int:
     try:
         settings = serve_settings(args, environment())
         logs.configure(settings.log_level, settings.log_format, settings.access_log)
+        on_ray = ray_cli.options(args)
+        if on_ray is not None:
+            return ray_cli.serve(settings, on_ray, args.ray)
         server = Server(settings)
         server.load()
     except ModelLoadError as exc:

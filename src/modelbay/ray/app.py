@@ -1,0 +1,126 @@
+"""The Ray Serve application of a modelbay server: one deployment per model version, a front.
+
+    front (ingress, 1 replica, head node)  --DeploymentHandle-->  "NAME:VERSION" deployments
+       modelbay's HTTP app + gRPC server                          replicas: predictor + batcher
+                   ^-------------- metrics board <---- each replica pushes its metrics
+
+`build_app(settings, options)` makes it from modelbay Settings (as `modelbay serve --ray` has them);
+`app(args)` is the same for Ray's own tools: `serve run modelbay.ray:app repository=models/` or an
+`import_path: modelbay.ray:app` in a `serve deploy` config file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from ray import serve
+from ray.serve import Application
+
+from modelbay.errors import ModelLoadError
+from modelbay.ray.front import Front
+from modelbay.ray.metrics import MetricsBoard
+from modelbay.ray.options import QUIET_LOGS, RayOptions, deployment_name, model_deployment_options
+from modelbay.ray.replica import ModelReplica
+from modelbay.registry.repository import ModelRepository
+from modelbay.settings import ModelConfig, Settings, environment
+
+# Ray's resource of the head node: a sliver of it pins the front beside Serve's HTTP proxy
+# (proxy_location HeadOnly), and gives its gRPC door a known address.
+HEAD_NODE = "node:__internal_head__"
+# `app(args)` keys that are modelbay settings rather than RayOptions.
+SETTINGS_ARGS = ("host", "grpc_port", "max_body_bytes", "auth", "model_control_mode", "access_log")
+
+
+def build_app(settings: Settings, options: RayOptions) -> Application:
+    """The Serve application serving every model of `settings` (its `models` and those of its
+    `model_repository`, as found now), each version with the replicas and resources of `options`.
+
+    Model files are read by the replicas, on whichever node Serve places them: their paths must
+    exist there too (a shared file system, or the same files on every node).
+    Raises ModelLoadError when there is no model, two entries share a name and version, or the
+    repository cannot be read.
+    """
+    configs = model_configs(settings)
+    board = serve.deployment(
+        name="modelbay-metrics", num_replicas=1, ray_actor_options={"num_cpus": 0}, logging_config=QUIET_LOGS
+    )
+    board_app = board(MetricsBoard).bind()
+    models = []
+    for config in configs:
+        fields = msgspec.to_builtins(config)
+        replica = serve.deployment(**model_deployment_options(config, options))(ModelReplica)
+        models.append((fields, replica.bind(fields, board_app)))
+    front = serve.deployment(
+        name="modelbay-front",
+        num_replicas=1,
+        max_ongoing_requests=settings.max_connections,
+        ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE: 0.001}},
+        logging_config=QUIET_LOGS,
+    )(serve.ingress()(Front))
+    front_settings = msgspec.to_builtins(msgspec.structs.replace(settings, models=[]))
+    return front.bind(front_settings, models, board_app)
+
+
+def model_configs(settings: Settings) -> list[ModelConfig]:
+    """Every model version to deploy, its path absolute: the `models` entries, then each version
+    of the repository's models (only `load_models` when set). Raises ModelLoadError."""
+    configs = [_absolute(config) for config in settings.models]
+    if settings.model_repository is not None:
+        root = Path(settings.model_repository).expanduser().resolve()
+        if not root.is_dir():
+            raise ModelLoadError(f"the model repository {root} is not a folder")
+        repository = ModelRepository(root, settings.model_overrides)
+        names = [n for n in repository.names() if not settings.load_models or n in settings.load_models]
+        for name in names:
+            configs += [found.config for found in repository.versions(name).values()]
+    if not configs:
+        raise ModelLoadError("no model to serve: give model paths or a model repository")
+    seen: set[str] = set()
+    for config in configs:
+        if deployment_name(config) in seen:
+            raise ModelLoadError(f"model {config.name!r} version {config.version} is given twice")
+        seen.add(deployment_name(config))
+    return configs
+
+
+def _absolute(config: ModelConfig) -> ModelConfig:
+    """`config` with its path absolute and its name set (as loading names it: the folder's name,
+    or the file's name up to its first dot): the front needs names before the replicas load."""
+    path = Path(config.path or ".").expanduser().resolve()
+    name = config.name or (path.name if path.is_dir() else path.name.split(".")[0])
+    return msgspec.structs.replace(config, path=str(path), name=name)
+
+
+def app(args: dict[str, Any]) -> Application:
+    """Ray Serve's application builder: `serve run modelbay.ray:app repository=models/ replicas=2`.
+
+    args (strings from `serve run`, or typed values from a config file's `args:`):
+      repository: a model repository folder; models: model paths, a list or comma-separated;
+      config: a modelbay settings YAML file (its `models:` and model settings apply);
+      replicas, autoscale ("MIN:MAX"), target_ongoing_requests, num_cpus, num_gpus, name: RayOptions;
+      host, grpc_port (0: no gRPC), max_body_bytes, auth, model_control_mode, access_log: Settings.
+    With neither repository, models nor config: the bundled digits classifier. HTTP's host and
+    port are Serve's own (`serve run --address`, the config file's http_options).
+    Raises ModelLoadError for a bad argument or model list.
+    """
+    from modelbay.server import DEFAULT_MODEL  # the server's default, without its import cost here
+
+    fields = dict(args)
+    config = fields.pop("config", None)
+    overrides: dict[str, Any] = {key: fields.pop(key) for key in SETTINGS_ARGS if key in fields}
+    repository = fields.pop("repository", None)
+    if repository is not None:
+        overrides["model_repository"] = str(repository)
+    paths = fields.pop("models", None)
+    if isinstance(paths, str):
+        paths = [part for part in paths.split(",") if part]
+    if paths:
+        overrides["models"] = [{"path": str(path)} for path in paths]
+    options = RayOptions.parse(fields)
+    settings = Settings.load(config, overrides, environment())
+    if not settings.models and settings.model_repository is None:
+        default = {**overrides, "models": [{"path": str(DEFAULT_MODEL)}]}
+        settings = Settings.load(config, default, environment())
+    return build_app(settings, options)

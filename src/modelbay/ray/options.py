@@ -1,0 +1,117 @@
+"""How modelbay's models become Ray Serve deployments: replicas, autoscaling and resources.
+
+No Ray import here: the CLI parses and checks these before it connects to a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from modelbay.errors import ModelLoadError
+from modelbay.settings import ModelConfig
+
+# The application's name on the cluster (`serve status`, `serve.delete`), unless told otherwise.
+APP_NAME = "modelbay"
+# Every deployment of the application: Serve's line per call is off, the front writes modelbay's
+# access line per request (modelbay.logs) and a line per call of each replica would cost CPU.
+QUIET_LOGS: dict[str, Any] = {"enable_access_log": False}
+
+
+class RayOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The Serve side of every model version's deployment (`modelbay serve --ray`, or the args of
+    `serve run modelbay.ray:app`).
+
+    replicas:  replicas per model version (Serve's `num_replicas`), when not autoscaling.
+    autoscale: "MIN:MAX" replicas per model version: Serve's `autoscaling_config` (min_replicas,
+               max_replicas) instead of a fixed count.
+    target_ongoing_requests: with `autoscale`, the requests in flight per replica Serve scales
+               towards; None: the model's `max_batch_size` (a replica is at its target when it holds
+               one full batch: modelbay's batcher wants requests queued to batch them, so Serve's
+               default of 2 would add replicas before batches form).
+    num_cpus, num_gpus: Ray resources each replica holds (`ray_actor_options`); fractions allowed.
+    name:      the Serve application's name.
+    """
+
+    replicas: int = 1
+    autoscale: str | None = None
+    target_ongoing_requests: float | None = None
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    name: str = APP_NAME
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise msgspec.ValidationError(f"replicas must be >= 1, got {self.replicas}")
+        if self.autoscale is not None:
+            autoscale_range(self.autoscale)
+        elif self.target_ongoing_requests is not None:
+            raise msgspec.ValidationError("target_ongoing_requests needs autoscale MIN:MAX")
+        if self.target_ongoing_requests is not None and self.target_ongoing_requests <= 0:
+            raise msgspec.ValidationError("target_ongoing_requests must be > 0")
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise msgspec.ValidationError("num_cpus and num_gpus must be >= 0")
+
+    @classmethod
+    def parse(cls, fields: Mapping[str, Any]) -> RayOptions:
+        """Options from `fields` (values may be strings, as `serve run ... key=value` passes them).
+
+        Raises ModelLoadError naming the bad field, e.g. "autoscale must be MIN:MAX ...".
+        """
+        try:
+            return msgspec.convert(dict(fields), cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ModelLoadError(f"Ray options: {exc}") from exc
+
+
+def autoscale_range(text: str) -> tuple[int, int]:
+    """ "MIN:MAX" -> (MIN, MAX) replicas, 0 <= MIN <= MAX, MAX >= 1.
+
+    Raises msgspec.ValidationError (the options' check) for anything else.
+    """
+    low, sep, high = text.partition(":")
+    if not (sep and low.strip().isdigit() and high.strip().isdigit()):
+        raise msgspec.ValidationError(f"autoscale must be MIN:MAX replicas, e.g. 1:8, got {text!r}")
+    least, most = int(low), int(high)
+    if most < 1 or least > most:
+        raise msgspec.ValidationError(f"autoscale needs 0 <= MIN <= MAX and MAX >= 1, got {text!r}")
+    return least, most
+
+
+def deployment_name(config: ModelConfig) -> str:
+    """The Serve deployment of one model version, "NAME:VERSION" (model names hold no ':')."""
+    return f"{config.name}:{config.version}"
+
+
+def model_deployment_options(config: ModelConfig, options: RayOptions) -> dict[str, Any]:
+    """`Deployment.options(...)` keywords for one model version.
+
+    Each replica may hold `max_queue_size` requests (Serve's `max_ongoing_requests`; its default
+    of 5 would starve the batcher), and each caller queues at most that many more before Serve
+    refuses (`max_queued_requests`: the front answers 503 Overloaded, as modelbay's full queue does).
+    """
+    batching = config.batching
+    scaling: dict[str, Any]
+    if options.autoscale is not None:
+        least, most = autoscale_range(options.autoscale)
+        target = options.target_ongoing_requests or float(batching.max_batch_size)
+        scaling = {
+            "autoscaling_config": {
+                "min_replicas": least,
+                "initial_replicas": max(least, 1),
+                "max_replicas": most,
+                "target_ongoing_requests": target,
+            }
+        }
+    else:
+        scaling = {"num_replicas": options.replicas}
+    return {
+        "name": deployment_name(config),
+        **scaling,
+        "max_ongoing_requests": batching.max_queue_size,
+        "max_queued_requests": batching.max_queue_size,
+        "ray_actor_options": {"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
+        "logging_config": QUIET_LOGS,
+    }

@@ -1,0 +1,359 @@
+"""modelbay on a real two-node Ray cluster on this machine (modelbay.ray).
+
+A Ray head and a second Ray node (ray.cluster_utils.Cluster: their own raylets, object stores and
+ports, one CPU each) on loopback, in a temporary Ray folder of their own. On Linux Ray replaces
+127.0.0.1 with the host's address when a node or a driver joins; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+(read when ray is imported, hence the late imports) keeps every node and driver on 127.0.0.1.
+Serve's HTTP proxy runs on the head only (`modelbay serve --ray` starts Serve with proxy_location
+HeadOnly), on a free loopback port.
+
+The real `modelbay serve REPOSITORY --ray ADDRESS --replicas 2` deploys the digits ONNX model with
+one CPU per replica: Serve must put one replica on each node. Real clients (tritonclient HTTP and
+gRPC, modelbay's Client) get what onnxruntime gives on held-out scans; /metrics sums both
+replicas' batches; a replica killed under load is replaced, and only requests in flight on it
+fail. `serve run modelbay.ray:app repository=...` deploys the same. Everything started is
+stopped, even on failure; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from sklearn.datasets import load_digits
+
+from modelbay.client import Client
+from modelbay.errors import InferenceFailed, InvalidInput
+from tests.conftest import DIGITS, Served, free_port, sample, serve_process
+
+pytestmark = pytest.mark.e2e
+
+ONNX = DIGITS / "artifacts" / "digits.onnx"
+REPLICA = "SERVE_REPLICA::modelbay#digits:1#"  # Serve's actor name of a replica of digits version 1
+LOADERS = 6  # client threads of the kill test: at most this many requests are in flight at once
+
+
+@dataclass
+class RayCluster:
+    """The two-node cluster: its GCS address, its node ids (head first) and its environment."""
+
+    address: str
+    nodes: list[str]
+    environ: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RayCluster]:
+    folder = tempfile.mkdtemp(prefix="mbray")  # short: Ray's socket paths live under it
+    environ = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TMPDIR": folder}
+    saved = {key: os.environ.get(key) for key in environ}
+    os.environ.update(environ)
+    import ray
+    from ray.cluster_utils import Cluster
+
+    with warnings.catch_warnings():  # Ray Serve's own pydantic models use deprecated Field keywords
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import ray.serve
+    started = None
+    try:
+        loopback = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+        started = Cluster(initialize_head=True, head_node_args={**loopback, "include_dashboard": False})
+        started.add_node(**loopback)
+        started.wait_for_nodes(timeout=60)
+        ray.init(address=started.address, logging_level="ERROR", log_to_driver=False)
+        nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+        head = [node["NodeID"] for node in ray.nodes() if "node:__internal_head__" in node["Resources"]]
+        yield RayCluster(started.address, sorted(nodes, key=lambda n: n not in head), dict(environ))
+    finally:
+        ray.shutdown()
+        if started is not None:
+            started.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    (root / "digits" / "1").mkdir(parents=True)
+    shutil.copy(ONNX, root / "digits" / "1" / "digits.onnx")
+    return root
+
+
+@dataclass
+class OnRay:
+    """The running `modelbay serve --ray`: its process, HTTP URL and gRPC address."""
+
+    served: Served
+    grpc: str
+
+    @property
+    def url(self) -> str:
+        return self.served.url
+
+
+@pytest.fixture(scope="module")
+def on_ray(cluster: RayCluster, repository: Path) -> Iterator[OnRay]:
+    grpc_port = free_port()
+    args = ["--ray", cluster.address, "--replicas", "2", "--num-cpus", "1", "--grpc-port", str(grpc_port)]
+    with serve_process(str(repository), *args, timeout_s=180) as served:
+        yield OnRay(served, f"127.0.0.1:{grpc_port}")
+
+
+@pytest.fixture(scope="module")
+def held_out() -> tuple[np.ndarray, np.ndarray]:
+    """96 scans of scikit-learn's digits as the model takes them ([96, 1, 8, 8] FP32 in 0..1) and
+    what onnxruntime answers for them ([96, 10] logits)."""
+    images = (load_digits().images[-96:] / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    session = onnxruntime.InferenceSession(str(ONNX), providers=["CPUExecutionProvider"])
+    return images, session.run(None, {"image": images})[0]
+
+
+def replicas() -> dict[str, str]:
+    """The live replicas of digits version 1: Ray actor name -> the id of the node it runs on."""
+    import ray
+
+    actors = ray._private.state.actors().values()  # the GCS' actor table (no dashboard needed)
+    return {
+        actor["Name"]: actor["Address"]["NodeID"]
+        for actor in actors
+        if actor["Name"].startswith(REPLICA) and actor["State"] == "ALIVE"
+    }
+
+
+def wait_for(check: Any, timeout_s: float, what: str) -> Any:
+    """Poll `check()` every 0.2 s until it returns something truthy (returned); fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    pytest.fail(f"{what}: not within {timeout_s} s")
+
+
+def test_replicas_run_one_on_each_node(cluster: RayCluster, on_ray: OnRay) -> None:
+    placed = replicas()
+    assert len(placed) == 2
+    assert sorted(placed.values()) == sorted(cluster.nodes)
+
+
+def test_real_clients_get_what_onnxruntime_gives(
+    on_ray: OnRay, held_out: tuple[np.ndarray, np.ndarray]
+) -> None:
+    images, expected = held_out
+    http = httpclient.InferenceServerClient(on_ray.url.removeprefix("http://"), concurrency=8)
+    grpc = grpcclient.InferenceServerClient(on_ray.grpc)
+    assert http.is_server_ready() and grpc.is_model_ready("digits")
+    assert http.get_model_metadata("digits")["platform"] == "onnxruntime_onnx"
+
+    def triton(index: int) -> Any:
+        binary = index % 2 == 0  # the binary tensor extension and plain JSON, in turn
+        tensor = httpclient.InferInput("image", [1, 1, 8, 8], "FP32")
+        tensor.set_data_from_numpy(images[index : index + 1], binary_data=binary)
+        wanted = [httpclient.InferRequestedOutput("logits", binary_data=binary)]
+        return http.async_infer("digits", [tensor], outputs=wanted)
+
+    pending = [triton(index) for index in range(len(images))]  # 8 at a time: both replicas batch
+    answers = [call.get_result(timeout=60).as_numpy("logits") for call in pending]
+    np.testing.assert_allclose(np.concatenate(answers), expected, rtol=1e-5, atol=1e-5)
+    tensor = grpcclient.InferInput("image", [32, 1, 8, 8], "FP32")  # max_batch_size rows at once
+    tensor.set_data_from_numpy(images[:32])
+    np.testing.assert_allclose(grpc.infer("digits", [tensor]).as_numpy("logits"), expected[:32], atol=1e-5)
+    with Client(on_ray.url) as client, Client(f"grpc://{on_ray.grpc}") as over_grpc:
+        np.testing.assert_allclose(client.infer("digits", images[:8])["logits"], expected[:8], atol=1e-5)
+        np.testing.assert_allclose(
+            over_grpc.infer("digits", images[8:16])["logits"], expected[8:16], atol=1e-5
+        )
+        predictions = client.predict("digits", images[16].tolist())  # the simple door, JSON in
+        np.testing.assert_allclose(np.asarray(predictions), expected[16], atol=1e-5)
+        with pytest.raises(InvalidInput, match=r"expected shape \[-1, 1, 8, 8\]"):
+            client.infer("digits", np.zeros((1, 3), np.float32))
+    http.close()
+    grpc.close()
+
+
+def test_metrics_add_up_both_replicas(on_ray: OnRay, held_out: tuple[np.ndarray, np.ndarray]) -> None:
+    images, _ = held_out
+    labels = {"model": "digits", "version": "1"}
+
+    def scrape() -> str:
+        return httpx.get(f"{on_ray.url}/metrics", timeout=5).text
+
+    def settled() -> str:  # the earlier tests' batches all pushed: two scrapes 2.5 s apart agree
+        first = scrape()
+        time.sleep(2.5)
+        return (
+            first
+            if sample(scrape(), "modelbay_batch_size_sum", **labels)
+            == sample(first, "modelbay_batch_size_sum", **labels)
+            else ""
+        )
+
+    before = wait_for(settled, 20, "the replicas' metrics settled")
+    rows_before = sample(before, "modelbay_batch_size_sum", **labels)
+    calls_before = sample(before, "modelbay_requests_total", door="infer", status="success", **labels)
+    with Client(on_ray.url) as client, ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: client.infer("digits", images[i : i + 1]), range(40)))
+
+    # The replicas push their batches every second: wait until all 40 rows are in the sum.
+    def summed() -> str:
+        text = scrape()
+        return text if sample(text, "modelbay_batch_size_sum", **labels) >= rows_before + 40 else ""
+
+    text = wait_for(summed, 15, "both replicas' batches in /metrics")
+    assert sample(text, "modelbay_batch_size_sum", **labels) == rows_before + 40
+    assert (
+        sample(text, "modelbay_requests_total", door="infer", status="success", **labels) == calls_before + 40
+    )
+    assert sample(text, "modelbay_queue_depth", **labels) == 0
+
+
+def test_management_on_the_cluster(on_ray: OnRay) -> None:
+    with Client(on_ray.url) as client:
+        assert client.repository_index() == [
+            {"name": "digits", "version": "1", "state": "READY", "reason": ""}
+        ]
+        assert client.set_default_version("digits", "1") == "1"
+        with pytest.raises(InvalidInput, match="deploy it again"):
+            client.load_model("digits")
+
+
+@dataclass
+class Load:
+    """Closed-loop clients sending single scans until stopped; each answer checked."""
+
+    images: np.ndarray
+    expected: np.ndarray
+    url: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    answered: list[float] = field(default_factory=list)  # when each correct answer came
+    failed: list[BaseException] = field(default_factory=list)
+
+    def answered_since(self, moment: float) -> int:
+        return sum(when > moment for when in self.answered)
+
+    def run(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        with Client(self.url, timeout_s=30) as client:
+            while not self.stop.is_set():
+                index = int(rng.integers(len(self.images)))
+                try:
+                    logits = client.infer("digits", self.images[index : index + 1])["logits"]
+                except Exception as exc:
+                    self.failed.append(exc)
+                    continue
+                np.testing.assert_allclose(logits, self.expected[index : index + 1], atol=1e-5)
+                self.answered.append(time.monotonic())
+
+
+def test_a_replica_killed_under_load_is_replaced(
+    on_ray: OnRay, held_out: tuple[np.ndarray, np.ndarray]
+) -> None:
+    import ray
+
+    load = Load(*held_out, on_ray.url)
+    threads = [threading.Thread(target=load.run, args=(seed,), daemon=True) for seed in range(LOADERS)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: len(load.answered) >= 50, 30, "50 answers before the kill")
+        victim = sorted(replicas())[0]
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        killed_at = time.monotonic()
+
+        def replaced() -> dict[str, str]:
+            now = replicas()
+            return now if len(now) == 2 and victim not in now else {}
+
+        placed = wait_for(replaced, 120, "a new replica in place of the killed one")
+        wait_for(lambda: load.answered_since(time.monotonic() - 1) >= 20, 30, "answers after")
+    finally:
+        load.stop.set()
+        for thread in threads:
+            thread.join(timeout=40)
+    assert not any(thread.is_alive() for thread in threads)
+    # Only the requests in flight on the killed replica may fail (each thread has one at a time),
+    # and they fail as a model server's crash does: 500, saying the replica died.
+    assert len(load.failed) <= LOADERS, load.failed
+    for failure in load.failed:
+        assert isinstance(failure, InferenceFailed) and "died" in failure.message, failure
+    assert load.answered_since(killed_at) >= 20
+    assert len(placed) == 2
+
+
+def test_stopping_deletes_the_application(on_ray: OnRay) -> None:
+    from ray import serve
+
+    on_ray.served.process.send_signal(signal.SIGTERM)
+    assert on_ray.served.process.wait(timeout=90) == 0, on_ray.served.log()
+    assert "modelbay" not in serve.status().applications
+    wait_for(lambda: not replicas(), 30, "the replicas gone")
+
+
+def test_serve_run_builds_the_same_application(
+    cluster: RayCluster, repository: Path, held_out: tuple[np.ndarray, np.ndarray], on_ray: OnRay
+) -> None:
+    """Ray's own `serve run modelbay.ray:app`, on the Serve instance (and HTTP port) `modelbay serve
+    --ray` started, after it stopped."""
+    images, expected = held_out
+    command = [
+        str(Path(sys.executable).parent / "serve"),
+        "run",
+        "--address",
+        cluster.address,
+        "modelbay.ray:app",
+        f"repository={repository}",
+        "grpc_port=0",
+        "num_cpus=0.5",
+    ]
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: _ready(on_ray.url) or process.poll() is not None, 180, "serve run ready")
+            assert process.poll() is None, _read(output)
+            with Client(on_ray.url) as client:
+                np.testing.assert_allclose(
+                    client.infer("digits", images[:4])["logits"], expected[:4], atol=1e-5
+                )
+            process.send_signal(signal.SIGINT)  # serve run then shuts Serve down, applications and all
+            process.wait(timeout=90)
+            wait_for(lambda: not replicas(), 30, "the replicas gone")
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _ready(url: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
+    return False
+
+
+def _read(output: Any) -> str:
+    output.seek(0)
+    return output.read().decode(errors="replace")
