@@ -11,20 +11,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import msgspec
 from ray import serve
 from ray.serve import Application
 
-from modelbay.errors import ModelLoadError
 from modelbay.ray.front import Front
 from modelbay.ray.metrics import MetricsBoard
-from modelbay.ray.options import QUIET_LOGS, RayOptions, deployment_name, model_deployment_options
+from modelbay.ray.options import QUIET_LOGS, RayOptions, model_configs, model_deployment_options
 from modelbay.ray.replica import ModelReplica
-from modelbay.registry.repository import ModelRepository
-from modelbay.settings import ModelConfig, Settings, environment
+from modelbay.settings import Settings, environment
 
 # Ray's resource of the head node: a sliver of it pins the front beside Serve's HTTP proxy
 # (proxy_location HeadOnly), and gives its gRPC door a known address.
@@ -61,36 +58,6 @@ def build_app(settings: Settings, options: RayOptions) -> Application:
     )(serve.ingress()(Front))
     front_settings = msgspec.to_builtins(msgspec.structs.replace(settings, models=[]))
     return front.bind(front_settings, models, board_app)
-
-
-def model_configs(settings: Settings) -> list[ModelConfig]:
-    """Every model version to deploy, its path absolute: the `models` entries, then each version
-    of the repository's models (only `load_models` when set). Raises ModelLoadError."""
-    configs = [_absolute(config) for config in settings.models]
-    if settings.model_repository is not None:
-        root = Path(settings.model_repository).expanduser().resolve()
-        if not root.is_dir():
-            raise ModelLoadError(f"the model repository {root} is not a folder")
-        repository = ModelRepository(root, settings.model_overrides)
-        names = [n for n in repository.names() if not settings.load_models or n in settings.load_models]
-        for name in names:
-            configs += [found.config for found in repository.versions(name).values()]
-    if not configs:
-        raise ModelLoadError("no model to serve: give model paths or a model repository")
-    seen: set[str] = set()
-    for config in configs:
-        if deployment_name(config) in seen:
-            raise ModelLoadError(f"model {config.name!r} version {config.version} is given twice")
-        seen.add(deployment_name(config))
-    return configs
-
-
-def _absolute(config: ModelConfig) -> ModelConfig:
-    """`config` with its path absolute and its name set (as loading names it: the folder's name,
-    or the file's name up to its first dot): the front needs names before the replicas load."""
-    path = Path(config.path or ".").expanduser().resolve()
-    name = config.name or (path.name if path.is_dir() else path.name.split(".")[0])
-    return msgspec.structs.replace(config, path=str(path), name=name)
 
 
 def app(args: dict[str, Any]) -> Application:

@@ -48,7 +48,7 @@ def options(args: argparse.Namespace) -> RayOptions | None:
     if args.ray is None:
         if given:
             flags = ", ".join(f"--{key.replace('_', '-')}" for key in given)
-            raise ModelLoadError(f"{flags} only apply with --ray ADDRESS")
+            raise ModelLoadError(f"{flags}: only with --ray ADDRESS (serving on a Ray cluster)")
         return None
     if args.workers is not None:
         raise ModelLoadError("--workers does not apply with --ray: use --replicas or --autoscale")
@@ -61,6 +61,8 @@ def serve(settings: Settings, options: RayOptions, address: str) -> int:
     Returns the exit status: 2 (with one line) when Ray is missing, the models or the port are
     wrong, no cluster answers at `address` or the application fails to deploy.
     """
+    if not settings.port:
+        return _refuse("with --ray, --port must name a port: Serve's HTTP proxy listens there")
     try:
         import ray
         from ray import serve as ray_serve
@@ -68,8 +70,6 @@ def serve(settings: Settings, options: RayOptions, address: str) -> int:
         from modelbay.ray.app import build_app
     except ImportError as exc:
         return _refuse(f"--ray needs Ray Serve: pip install 'modelbay[ray]' ({exc})")
-    if not settings.port:
-        return _refuse("with --ray, --port must name a port: Serve's HTTP proxy listens there")
     try:
         application = build_app(settings, options)
     except ModelLoadError as exc:

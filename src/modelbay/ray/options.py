@@ -6,12 +6,14 @@ No Ray import here: the CLI parses and checks these before it connects to a clus
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from modelbay.errors import ModelLoadError
-from modelbay.settings import ModelConfig
+from modelbay.registry.repository import ModelRepository
+from modelbay.settings import ModelConfig, Settings
 
 # The application's name on the cluster (`serve status`, `serve.delete`), unless told otherwise.
 APP_NAME = "modelbay"
@@ -115,3 +117,33 @@ def model_deployment_options(config: ModelConfig, options: RayOptions) -> dict[s
         "ray_actor_options": {"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
         "logging_config": QUIET_LOGS,
     }
+
+
+def model_configs(settings: Settings) -> list[ModelConfig]:
+    """Every model version to deploy, its path absolute: the `models` entries, then each version
+    of the repository's models (only `load_models` when set). Raises ModelLoadError."""
+    configs = [_absolute(config) for config in settings.models]
+    if settings.model_repository is not None:
+        root = Path(settings.model_repository).expanduser().resolve()
+        if not root.is_dir():
+            raise ModelLoadError(f"the model repository {root} is not a folder")
+        repository = ModelRepository(root, settings.model_overrides)
+        names = [n for n in repository.names() if not settings.load_models or n in settings.load_models]
+        for name in names:
+            configs += [found.config for found in repository.versions(name).values()]
+    if not configs:
+        raise ModelLoadError("no model to serve: give model paths or a model repository")
+    seen: set[str] = set()
+    for config in configs:
+        if deployment_name(config) in seen:
+            raise ModelLoadError(f"model {config.name!r} version {config.version} is given twice")
+        seen.add(deployment_name(config))
+    return configs
+
+
+def _absolute(config: ModelConfig) -> ModelConfig:
+    """`config` with its path absolute and its name set (as loading names it: the folder's name,
+    or the file's name up to its first dot): the front needs names before the replicas load."""
+    path = Path(config.path or ".").expanduser().resolve()
+    name = config.name or (path.name if path.is_dir() else path.name.split(".")[0])
+    return msgspec.structs.replace(config, path=str(path), name=name)

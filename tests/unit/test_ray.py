@@ -1,0 +1,151 @@
+"""modelbay.ray without a cluster: the options, the versions to deploy, the metrics sum, the CLI's refusals.
+
+tests/e2e/test_ray.py runs all of it on a real two-node Ray cluster.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from modelbay.cli.main import main
+from modelbay.errors import ModelLoadError
+from modelbay.metrics import Metrics
+from modelbay.ray.metrics import merge
+from modelbay.ray.options import RayOptions, model_configs, model_deployment_options
+from modelbay.settings import BatchingConfig, ModelConfig, Settings
+from tests.conftest import DIGITS, sample
+
+ONNX = DIGITS / "artifacts" / "digits.onnx"
+
+
+def test_options_from_serve_run_strings() -> None:
+    options = RayOptions.parse({"autoscale": "1:8", "target_ongoing_requests": "16", "num_cpus": "0.5"})
+    assert (options.autoscale, options.target_ongoing_requests, options.num_cpus) == ("1:8", 16.0, 0.5)
+    assert RayOptions.parse({"replicas": "3"}).replicas == 3
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"replicas": "0"}, "replicas must be >= 1"),
+        ({"autoscale": "8"}, "autoscale must be MIN:MAX replicas, e.g. 1:8, got '8'"),
+        ({"autoscale": "3:1"}, "autoscale needs 0 <= MIN <= MAX"),
+        ({"target_ongoing_requests": "4"}, "target_ongoing_requests needs autoscale MIN:MAX"),
+        ({"autoscale": "1:2", "target_ongoing_requests": "0"}, "target_ongoing_requests must be > 0"),
+        ({"num_gpus": "-1"}, "num_cpus and num_gpus must be >= 0"),
+        ({"replica": "2"}, "Object contains unknown field `replica`"),
+    ],
+)
+def test_bad_options_are_refused_naming_the_field(fields: dict[str, str], said: str) -> None:
+    with pytest.raises(ModelLoadError, match="Ray options") as raised:
+        RayOptions.parse(fields)
+    assert said in raised.value.message
+
+
+def test_deployment_options_of_a_version() -> None:
+    config = ModelConfig(
+        name="digits", version="2", batching=BatchingConfig(max_batch_size=16, max_queue_size=100)
+    )
+    fixed = model_deployment_options(config, RayOptions(replicas=3, num_cpus=2, num_gpus=0.5))
+    assert fixed["name"] == "digits:2"
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+    assert fixed["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0.5}
+    # Serve's default of 5 requests per replica would starve the batcher; past the queue, 503.
+    assert fixed["max_ongoing_requests"] == fixed["max_queued_requests"] == 100
+    scaled = model_deployment_options(config, RayOptions(autoscale="0:4"))
+    assert "num_replicas" not in scaled
+    assert scaled["autoscaling_config"] == {
+        "min_replicas": 0,
+        "initial_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 16.0,  # a full batch per replica
+    }
+    targeted = model_deployment_options(config, RayOptions(autoscale="1:8", target_ongoing_requests=32))
+    assert targeted["autoscaling_config"]["target_ongoing_requests"] == 32
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    for name, version in (("digits", "1"), ("digits", "2"), ("other", "1")):
+        (tmp_path / "models" / name / version).mkdir(parents=True)
+        shutil.copy(ONNX, tmp_path / "models" / name / version / "digits.onnx")
+    return tmp_path / "models"
+
+
+def test_versions_to_deploy_from_a_repository_and_paths(
+    repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ONNX, tmp_path / "solo.v3.onnx")
+    settings = Settings.load(overrides={"model_repository": "models", "models": [{"path": "solo.v3.onnx"}]})
+    configs = model_configs(settings)
+    assert [(c.name, c.version) for c in configs] == [
+        ("solo", "1"),
+        ("digits", "1"),
+        ("digits", "2"),
+        ("other", "1"),
+    ]
+    assert all(c.path is not None and Path(c.path).is_absolute() and Path(c.path).exists() for c in configs)
+    only = msgspec.structs.replace(settings, models=[], load_models=["other"])
+    assert [(c.name, c.version) for c in model_configs(only)] == [("other", "1")]
+
+
+def test_versions_to_deploy_refused(repository: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no model to serve"):
+        model_configs(Settings())
+    with pytest.raises(ModelLoadError, match="is not a folder"):
+        model_configs(Settings(model_repository=str(tmp_path / "absent")))
+    twice = Settings.load(overrides={"models": [{"path": str(ONNX)}, {"path": str(ONNX)}]})
+    with pytest.raises(ModelLoadError, match="model 'digits' version 1 is given twice"):
+        model_configs(twice)
+
+
+def test_metrics_of_the_front_and_replicas_add_up() -> None:
+    front, first, second = Metrics(), Metrics(), Metrics()
+    depths = {"front": 0.0, "first": 3.0, "second": 4.0}
+    bound = {
+        key: metrics.for_model("digits", "1", lambda key=key: depths[key])
+        for key, metrics in (("front", front), ("first", first), ("second", second))
+    }
+    for _ in range(5):
+        bound["front"].on_request("infer", 0.004, None)
+    bound["first"].on_batch(3, [0.001, 0.001, 0.003], 0.002)
+    bound["second"].on_batch(2, [0.001, 0.02], 0.004)
+    text = merge([front.render(), first.render(), second.render()]).decode()
+    labels = {"model": "digits", "version": "1"}
+    assert sample(text, "modelbay_requests_total", door="infer", status="success", **labels) == 5
+    assert sample(text, "modelbay_batch_size_count", **labels) == 2
+    assert sample(text, "modelbay_batch_size_sum", **labels) == 5
+    assert sample(text, "modelbay_batch_size_bucket", le="2.0", **labels) == 1
+    assert sample(text, "modelbay_batch_size_bucket", le="4.0", **labels) == 2
+    assert sample(text, "modelbay_queue_wait_seconds_bucket", le="0.005", **labels) == 4
+    assert sample(text, "modelbay_queue_wait_seconds_count", **labels) == 5
+    assert sample(text, "modelbay_queue_depth", **labels) == 7
+    created = [
+        sample(m.render().decode(), "modelbay_batch_size_created", **labels) for m in (front, first, second)
+    ]
+    assert sample(text, "modelbay_batch_size_created", **labels) == min(created)
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--replicas", "2"], "modelbay: cannot serve: --replicas: only with --ray ADDRESS"),
+        (["--ray", "auto", "--autoscale", "3:1"], "autoscale needs 0 <= MIN <= MAX and MAX >= 1, got '3:1'"),
+        (
+            ["--ray", "auto", "--workers", "2"],
+            "--workers does not apply with --ray: use --replicas or --autoscale",
+        ),
+        (["--ray", "auto", "--port", "0"], "with --ray, --port must name a port"),
+    ],
+)
+def test_serve_refuses_bad_ray_flags_in_one_line(
+    flags: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", str(ONNX), *flags]) == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1, err
