@@ -10,8 +10,8 @@ deployment calls and an `application` metadata key that Triton's clients do not 
 
 Management: the index lists the versions served; the default version and traffic policies are
 set here, in this front (one replica), as on one machine. Loading and unloading are refused with
-the way to do it on a cluster: deploy the application again, and Serve rolls each changed version's
-replicas (new ones up before old ones go).
+the way to do it on a cluster: deploy the application again, and Serve updates each changed
+deployment with a rolling update.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ log = logging.getLogger("modelbay.ray")
 # replicas load their models meanwhile).
 DESCRIBE_TIMEOUT_S = 600.0
 REDEPLOY = (
-    "on a Ray cluster, models change with the application: deploy it again (`modelbay serve --ray`, "
-    "`serve run modelbay.ray:app` or `serve deploy`) and Serve rolls each changed version's replicas, "
-    "the new ones up before the old ones go"
+    "on a Ray cluster, models change with the application: deploy it again (`serve deploy` of a "
+    "config whose import_path is modelbay.ray:app, or `serve run modelbay.ray:app`) and Serve updates "
+    "each changed deployment with a rolling update"
 )
 
 
