@@ -36,7 +36,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from prometheus_client import (
@@ -49,6 +49,7 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -169,11 +170,19 @@ class Metrics:
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format; in multiprocess mode, every worker's."""
+        return generate_latest(self._current())
+
+    def collect(self) -> Iterable[Metric]:
+        """Every metric family with its samples now, as `render` writes them (the dashboard's summary
+        reads them so, without writing and parsing the text)."""
+        return self._current().collect()
+
+    def _current(self) -> CollectorRegistry:
         if not multiprocess_mode():
-            return generate_latest(self.registry)
+            return self.registry
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged)
-        return generate_latest(merged)
+        return merged
 
     def close(self) -> None:
         """This process stops serving: in multiprocess mode its live gauges leave the sum."""

@@ -3,16 +3,19 @@ counters read back from the server's own metrics after real requests to the digi
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import jsonschema_rs
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelbay.auth.keys import create_key
 from modelbay.dashboard.summary import openapi_paths, version_counters
 from modelbay.http.openapi import openapi_document
 from modelbay.metrics import Metrics
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, modelbay_serve
 from tests.dashboard.test_load_log import live
 
 pytestmark = pytest.mark.anyio
@@ -80,7 +83,8 @@ def test_counters_add_both_doors_and_leave_unknown_models_out() -> None:
     bound.cache_hit.inc(2)
     bound.cache_miss.inc()
     metrics.requests.labels("", "", "predict", "ModelNotFound").inc()
-    counters = version_counters(metrics.render().decode())
+    counters = version_counters(metrics.collect())
+    assert counters == version_counters(text_string_to_metric_families(metrics.render().decode()))
     assert list(counters) == [("m", "2")]
     found = counters[("m", "2")]
     assert (found["requests"], found["errors"], found["queue_depth"]) == (3, 1, 3)
@@ -93,3 +97,22 @@ def test_the_api_document_lists_the_summary_and_the_load_log() -> None:
     paths = openapi_document()["paths"]
     assert "get" in paths["/dashboard/api/summary"]
     assert "get" in paths["/v2/repository/models/{model}/versions/{version}/log"]
+
+
+@pytest.mark.e2e
+def test_with_two_workers_either_one_sums_both(tmp_path: Path) -> None:
+    """`modelbay serve --workers 2` (the built-in digits): whichever worker answers the summary
+    counts every request, as /metrics does (prometheus-client's multiprocess mode)."""
+    image = (SAMPLES / "3.png").read_bytes()
+    with modelbay_serve("--workers", "2") as url:
+
+        def ask(_: int) -> int:  # a new connection each: either worker may take it
+            return httpx.post(f"{url}/predict/digits", content=image, timeout=30).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(ask, range(40))) == {200}
+        for _ in range(6):
+            summary = httpx.get(f"{url}/dashboard/api/summary", timeout=30).json()
+            counters = version(summary, "digits")["counters"]
+            assert counters["requests"] == 40 and counters["latency_buckets"][-1] == [None, 40]
+            assert counters["batch_rows"] == 40 and summary["changes_refused"]

@@ -1,7 +1,7 @@
 """`GET /dashboard/api/summary`: what the dashboard polls every few seconds, as one JSON object.
 
 The served models and versions, what kind of playground each gets, and each version's counters
-read from the server's own Prometheus metrics (modelbay.metrics, the text `GET /metrics` serves,
+read from the server's own Prometheus metrics (modelbay.metrics: the samples `GET /metrics` writes,
 so with `--workers N` they are every worker's, summed). The counters are cumulative, as
 Prometheus keeps them: the page turns two summaries into rates, p50 / p99 and hit rates over the
 interval between them (static/js/charts.js), as Prometheus' `rate` and `histogram_quantile` do.
@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.metrics_core import Metric
 
 from modelbay._version import __version__
 from modelbay.predictor import Predictor
@@ -47,7 +48,7 @@ def summary(dataplane: Dataplane, keys: bool, client_host: str) -> dict[str, Any
     repository_api: "admin key" (keys on: the model repository API and inference need a key),
     "open" (no keys, a loopback caller: it answers this caller) or "loopback only" (it does not).
     """
-    counters = version_counters(dataplane.metrics.render().decode())
+    counters = version_counters(dataplane.metrics.collect())
     registry = dataplane.registry
     models: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for model in sorted(registry, key=lambda m: m.name):
@@ -79,9 +80,9 @@ def summary(dataplane: Dataplane, keys: bool, client_host: str) -> dict[str, Any
     }
 
 
-def version_counters(exposition: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """Each (model, version)'s cumulative counters in a Prometheus text exposition of
-    modelbay.metrics, both doors (predict, infer) added:
+def version_counters(families: Iterable[Metric]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each (model, version)'s cumulative counters in the metric families of modelbay.metrics
+    (Metrics.collect, or a text exposition parsed), both doors (predict, infer) added:
 
       requests, errors     requests answered, and those of them that failed (status != success)
       latency_buckets      [[upper bound in seconds, requests at or under it], ...], cumulative,
@@ -93,7 +94,7 @@ def version_counters(exposition: str) -> dict[tuple[str, str], dict[str, Any]]:
     """
     found: dict[tuple[str, str], dict[str, Any]] = defaultdict(_empty)
     buckets: dict[tuple[str, str], dict[float, float]] = defaultdict(lambda: defaultdict(float))
-    for family in text_string_to_metric_families(exposition):
+    for family in families:
         for sample in family.samples:
             labels = sample.labels
             key = (labels.get("model", ""), labels.get("version", ""))

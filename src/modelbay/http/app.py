@@ -243,7 +243,7 @@ def route_action(path: str) -> tuple[Action, str | None]:
 
       /predict/{model}..., /v2/models/{model}...   INFER, the model
       /v2/repository...                             ADMIN (the model repository API)
-      anything else                                 HEALTH (health, /v2, /metrics, docs, the dashboard; or a 404)
+      anything else                                 HEALTH (health, /v2, /metrics, docs, dashboard; or a 404)
     """
     parts = path.split("/")
     if len(parts) >= 3 and parts[1] == "predict":

@@ -89,6 +89,12 @@ const CHARTS = [
   { title: "errors / s", series: [["errors", "errors/s", "#c53030"]] },
 ];
 
+const CHART_HEIGHT = 170;
+
+function chartWidth(cell) {
+  return Math.max(240, cell.clientWidth - 10);
+}
+
 /** The history of every model's chart values and totals, fed one summary at a time. */
 export class History {
   constructor() {
@@ -136,21 +142,25 @@ export class ModelCharts {
     this.totals = h("p", { class: "totals", id: "metric-totals" });
     const grid = h("div", { class: "chart-grid" });
     fill(container, this.totals, grid);
-    const width = Math.max(260, Math.floor((grid.clientWidth || 900) / 3) - 16);
     for (const chart of CHARTS) {
       const cell = h("div", { class: "chart" });
       grid.append(cell);
       const options = {
         title: chart.title,
-        width,
-        height: 170,
+        width: chartWidth(cell),
+        height: CHART_HEIGHT,
         scales: { x: { time: true } },
         series: [{}, ...chart.series.map(([, label, stroke]) => ({ label, stroke, width: 2, spanGaps: false, points: { show: false } }))],
         axes: [{}, { size: 52 }],
       };
-      this.plots.push({ chart, plot: new uPlot(options, [[], ...chart.series.map(() => [])], cell) });
+      this.plots.push({ chart, cell, plot: new uPlot(options, [[], ...chart.series.map(() => [])], cell) });
     }
     this.update();
+  }
+
+  /** Fit the charts to their cells again (the window was resized). */
+  resize() {
+    for (const { cell, plot } of this.plots) plot.setSize({ width: chartWidth(cell), height: CHART_HEIGHT });
   }
 
   update() {

@@ -98,7 +98,10 @@ async function refreshOnce() {
     else state.indexError = failure(index);
   }
   const all = models();
-  if (!all.some((model) => model.name === state.selected)) state.selected = all.length ? all[0].name : null;
+  if (!all.some((model) => model.name === state.selected)) {
+    const first = all.find((model) => model.served) || all[0];
+    state.selected = first ? first.name : null;
+  }
   const model = selectedModel();
   state.traffic = null;
   if (model && model.served && canManage()) {
@@ -344,6 +347,11 @@ function start() {
     if (!name) return;
     state.selected = name;
     act(`${name} loaded`, admin.loadModel(name), `loading ${name}`);
+  });
+  let resizing = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizing);
+    resizing = setTimeout(() => state.charts && state.charts.resize(), 150);
   });
   showTab("overview");
   refresh();
