@@ -1,4 +1,4 @@
-"""A model's own Python environment (runtime/environments.py): real uv, a real download of `six`
+"""A model's own Python environment (runtime/environments.py): real uv, a real download of `inflection`
 (one pure-Python file the server's environment does not have) and real interpreters."""
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ from modelbay.runtime.environments import (
     read_requirements,
 )
 
-SIX = "six==1.17.0"
+# A small pure-Python package no extra of modelbay pulls in (six came with Ray's dependencies).
+ADDED = "inflection==0.5.1"
 IMPORTS = """
-import json, sys, six, torch, numpy, modelbay
-print(json.dumps({"prefix": sys.prefix, "six": six.__file__, "torch": torch.__file__,
+import json, sys, inflection, torch, numpy, modelbay
+print(json.dumps({"prefix": sys.prefix, "added": inflection.__file__, "torch": torch.__file__,
                   "numpy": numpy.__file__, "modelbay": modelbay.__file__}))
 """
 
@@ -58,42 +59,42 @@ def no_uv(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def six_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(cache folder, python) of an environment that adds six to the server's."""
-    assert importlib.util.find_spec("six") is None, "the test needs a package the server lacks"
+def added_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(cache folder, python) of an environment that adds inflection to the server's."""
+    assert importlib.util.find_spec("inflection") is None, "the test needs a package the server lacks"
     cache = tmp_path_factory.mktemp("envs")
     model = tmp_path_factory.mktemp("model")
-    return cache, ensure_environment(requirements(model, f"{SIX}\n"), cache_dir=cache)
+    return cache, ensure_environment(requirements(model, f"{ADDED}\n"), cache_dir=cache)
 
 
-def test_environment_imports_its_package_and_the_servers(six_env: tuple[Path, Path]) -> None:
-    cache, python = six_env
+def test_environment_imports_its_package_and_the_servers(added_env: tuple[Path, Path]) -> None:
+    cache, python = added_env
     run = subprocess.run([str(python), "-c", IMPORTS], capture_output=True, text=True, cwd="/", check=True)
     files = json.loads(run.stdout)
     env = built_envs(cache)[0]
     assert Path(files["prefix"]) == env
-    assert Path(files["six"]).is_relative_to(env)
+    assert Path(files["added"]).is_relative_to(env)
     assert files["torch"] == torch.__file__
     assert files["numpy"] == numpy.__file__
     assert files["modelbay"] == modelbay.__file__
 
 
-def test_environment_holds_only_what_the_server_lacks(six_env: tuple[Path, Path]) -> None:
-    env = built_envs(six_env[0])[0]
+def test_environment_holds_only_what_the_server_lacks(added_env: tuple[Path, Path]) -> None:
+    env = built_envs(added_env[0])[0]
     manifest = json.loads((env / MANIFEST).read_text())
-    assert manifest["installed"] == {"six": "1.17.0"}
+    assert manifest["installed"] == {"inflection": "0.5.1"}
     site_packages = next((env / "lib").glob("python*/site-packages"))
     names = {p.name.split("-")[0].split(".")[0].lower() for p in site_packages.iterdir()}
-    assert "six" in names
+    assert "inflection" in names
     assert not names & {"torch", "numpy", "modelbay"}
 
 
 def test_second_call_reuses_the_environment_without_uv(
-    six_env: tuple[Path, Path], tmp_path: Path, no_uv: None, caplog: pytest.LogCaptureFixture
+    added_env: tuple[Path, Path], tmp_path: Path, no_uv: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cache, python = six_env
+    cache, python = added_env
     # Another model, the same requirement written differently: the same environment.
-    other = requirements(tmp_path / "other-model", "# the same, reworded\n\nsix == 1.17.0   # pinned\n")
+    other = requirements(tmp_path / "other-model", "# the same, reworded\n\ninflection == 0.5.1   # pinned\n")
     with caplog.at_level(logging.INFO, logger="modelbay.environments"):
         assert ensure_environment(other, cache_dir=cache) == python
     assert "reused from cache" in caplog.text
@@ -111,7 +112,7 @@ def test_second_call_reuses_the_environment_without_uv(
 def test_requirement_on_a_server_package_at_another_version_is_refused(
     tmp_path: Path, no_uv: None, line: str, package: str, version: str
 ) -> None:
-    path = requirements(tmp_path / "model", f"{SIX}\n{line}\n")
+    path = requirements(tmp_path / "model", f"{ADDED}\n{line}\n")
     with pytest.raises(ModelLoadError) as caught:
         ensure_environment(path, cache_dir=tmp_path / "envs")
     assert repr(line) in caught.value.message
@@ -120,14 +121,14 @@ def test_requirement_on_a_server_package_at_another_version_is_refused(
 
 
 def test_conflict_through_a_dependency_is_refused_by_uv(tmp_path: Path) -> None:
-    # proto-plus 1.22.0 needs protobuf<5; the server has protobuf 6 (pyproject.toml).
+    # tensorflow-metadata 1.13.0 needs protobuf<4; the server has protobuf 6 (pyproject.toml).
     cache = tmp_path / "envs"
-    path = requirements(tmp_path / "model", "proto-plus==1.22.0\n")
+    path = requirements(tmp_path / "model", "tensorflow-metadata==1.13.0\n")
     with pytest.raises(ModelLoadError) as caught:
         ensure_environment(path, cache_dir=cache)
     message = caught.value.message
     assert "cannot be resolved together with the server's own packages" in message
-    assert "proto-plus==1.22.0 depends on protobuf" in message
+    assert "tensorflow-metadata==1.13.0 depends on protobuf" in message
     assert f"protobuf=={protobuf_version}" in message
     assert "\n" not in message
     assert list(cache.iterdir()) == [cache / f".{_key(path)}.lock"]  # no environment, no build left
@@ -195,7 +196,7 @@ def test_a_crashed_build_is_never_reused(tmp_path: Path) -> None:
 
 def test_two_processes_build_one_environment(tmp_path: Path) -> None:
     cache = tmp_path / "envs"
-    path = requirements(tmp_path / "model", f"{SIX}\n")
+    path = requirements(tmp_path / "model", f"{ADDED}\n")
     code = (
         "import logging, sys; from pathlib import Path\n"
         "logging.basicConfig(level=logging.INFO)\n"
