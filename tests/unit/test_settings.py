@@ -108,6 +108,7 @@ MODEL_UNFLAGGED = {
     "labels": (["x"], "labels.txt"),
     "top_k": (2, 3),
     "softmax": (True, False),
+    "torch_compile": (True, False),
     "image.mode": ("L", "RGB"),
     "image.resize": (8, 16),
     "image.crop": (4, 6),
