@@ -49,6 +49,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 from run import free_port  # noqa: E402
+from tests.conftest import stop  # noqa: E402
 from tests.envs import fresh_environment  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -126,12 +127,7 @@ def started(bin_dir: Path, model: Path, port: int) -> Iterator[tuple[subprocess.
                 time.sleep(0.01)
             yield process, time.monotonic() - begin
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
 
 
 def one_round(bin_dir: Path, model: Path, port: int, rows: np.ndarray, want: np.ndarray) -> dict:
