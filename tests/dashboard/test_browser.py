@@ -53,13 +53,14 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Served, str]]:
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Served, str, str]]:
     """Two real servers, started side by side: `modelbay serve` as a newcomer runs it (no arguments:
     the built-in digits model, no keys), and one with API keys over a repository (digits loaded;
-    digits-onnx and broken not); and an admin key of the second."""
+    digits-onnx and broken not); and an admin key and an infer key of the second."""
     root = tmp_path_factory.mktemp("dashboard")
     models = make_repository(root)
     admin, _ = create_key(root / "keys.yaml", "ops", ["admin"])
+    infer, _ = create_key(root / "keys.yaml", "app", ["infer"])
     starting = [
         serve_process(),
         serve_process(str(models), "--load-model", "digits", "--auth", str(root / "keys.yaml")),
@@ -71,17 +72,17 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, 
             if future.exception() is None:
                 stack.push(server.__exit__)
         open_server, auth_server = (future.result() for future in futures)
-        yield open_server, auth_server, admin
+        yield open_server, auth_server, admin, infer
 
 
 @pytest.fixture(scope="module")
-def open_server(servers: tuple[Served, Served, str]) -> Served:
+def open_server(servers: tuple[Served, Served, str, str]) -> Served:
     return servers[0]
 
 
 @pytest.fixture(scope="module")
-def auth_server(servers: tuple[Served, Served, str]) -> tuple[Served, str]:
-    return servers[1], servers[2]
+def auth_server(servers: tuple[Served, Served, str, str]) -> tuple[Served, str, str]:
+    return servers[1], servers[2], servers[3]
 
 
 class Watched:
@@ -202,9 +203,9 @@ def test_the_api_reference_renders_and_its_try_it_out_sends_valid_requests(
 
 
 def test_an_admin_loads_models_through_the_page_and_reads_their_load_logs(
-    auth_server: tuple[Served, str], watched: type[Watched]
+    auth_server: tuple[Served, str, str], watched: type[Watched]
 ) -> None:
-    served, admin = auth_server
+    served, admin, infer = auth_server
     tab = watched(served.url)
     page = tab.page
     page.goto(f"{served.url}/")
@@ -212,6 +213,15 @@ def test_an_admin_loads_models_through_the_page_and_reads_their_load_logs(
     expect(page.locator('#models [data-model="digits"]')).to_be_visible()
     expect(page.locator('#models [data-model="digits-onnx"]')).to_have_count(0)  # the index needs the key
     tab.clean()  # without a key the page asks nothing it would be refused
+
+    page.fill("#api-key", infer)  # may try models, not manage them: the page asks the index once
+    page.click("#key-form button[type=submit]")
+    expect(page.locator("#notice")).to_contain_text("API key 'app' may not use the model repository API")
+    expect(page.locator('#versions tr[data-version="1"]')).to_contain_text("image FP32 [-1, 1, 8, 8]")
+    expect(page.locator("#model-load")).to_have_count(0)
+    page.wait_for_timeout(2500)  # one more refresh: the refused key is not sent to the index again
+    assert len(tab.errors) == 1 and "403" in tab.errors[0]
+    tab.errors.clear()
 
     page.fill("#api-key", admin)
     page.click("#key-form button[type=submit]")

@@ -19,6 +19,7 @@ const state = {
   traffic: null, // the selected model's traffic (GET .../traffic)
   metadata: new Map(), // "model\0version" -> OIP model metadata
   selected: null,
+  refusedKey: null, // a key the repository API refused (not admin, or not valid): not asked again
   tab: "overview",
   charts: null,
   shown: { overview: "", playground: "", traffic: "" }, // what each pane was last drawn from
@@ -27,7 +28,7 @@ const state = {
 const keysOn = () => state.summary && state.summary.repository_api === "admin key";
 const canManage = () => {
   const api = state.summary && state.summary.repository_api;
-  return api === "open" || (api === "admin key" && Boolean(apiKey()));
+  return api === "open" || (api === "admin key" && Boolean(apiKey()) && apiKey() !== state.refusedKey);
 };
 const canInfer = () => Boolean(state.summary) && (!keysOn() || Boolean(apiKey()));
 const changesRefused = () => {
@@ -95,7 +96,10 @@ async function refreshOnce() {
   if (canManage()) {
     const index = await call("POST", "/v2/repository/index", { json: {} });
     if (index.ok) state.index = index.data;
-    else state.indexError = failure(index);
+    else if (keysOn() && [401, 403].includes(index.status)) {
+      state.refusedKey = apiKey();
+      notice(failure(index), "error");
+    } else state.indexError = failure(index);
   }
   const all = models();
   if (!all.some((model) => model.name === state.selected)) {
