@@ -91,8 +91,11 @@ def tiny_files(tmp_path_factory: pytest.TempPathFactory, tiny: torch.nn.Sequenti
 
 
 @contextlib.asynccontextmanager
-async def asgi_client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client calling `server`'s ASGI app in-process, with its lifespan running.
+async def asgi_client(
+    server: Server, client: tuple[str, int] = ("127.0.0.1", 123)
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client calling `server`'s ASGI app in-process, with its lifespan running, as the
+    client at address `client` (host, port).
 
     gRPC is off unless the server's settings name a port other than the default.
     """
@@ -101,7 +104,7 @@ async def asgi_client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
     server.load()
     app = server.app()
     async with app.starlette.router.lifespan_context(app.starlette):
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=app, client=client)
         async with httpx.AsyncClient(transport=transport, base_url="http://modelbay.test") as client:
             yield client
 

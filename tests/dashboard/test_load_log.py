@@ -17,6 +17,7 @@ from modelbay.auth.keys import create_key
 from modelbay.registry.load_log import LoadLog
 from modelbay.server import Server
 from modelbay.settings import Settings
+from tests.conftest import asgi_client
 
 pytestmark = pytest.mark.anyio
 log = logging.getLogger("modelbay.test")
@@ -88,14 +89,10 @@ def test_two_logs_keep_apart() -> None:
 async def live(
     repository: Path, client: tuple[str, int] = ("127.0.0.1", 50000), **settings: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
-    overrides = {"model_repository": str(repository), "grpc_port": 0, "load_models": ["digits"], **settings}
-    server = Server(Settings.load(overrides=overrides))
-    server.load()
-    app = server.app()
-    async with app.starlette.router.lifespan_context(app.starlette):
-        transport = httpx.ASGITransport(app=app, client=client)
-        async with httpx.AsyncClient(transport=transport, base_url="http://modelbay.test") as http:
-            yield http
+    """The repository served in-process (only digits loaded at start), called from `client`."""
+    overrides = {"model_repository": str(repository), "load_models": ["digits"], **settings}
+    async with asgi_client(Server(Settings.load(overrides=overrides)), client) as http:
+        yield http
 
 
 def messages(reply: httpx.Response) -> list[str]:
