@@ -269,3 +269,44 @@ def test_an_admin_loads_models_through_the_page_and_reads_their_load_logs(
     )
     assert traffic.json()["traffic"]["split"] == {"1": 100.0}
     tab.clean()
+
+
+QUANTILES = """async () => {
+  const charts = await import("/dashboard/static/js/charts.js");
+  const buckets = [[0.01, 0], [0.02, 50], [0.05, 100], [null, 100]];
+  const before = { requests: 10, errors: 1, batches: 4, batch_rows: 10, cache_hits: 0, cache_misses: 0,
+                   queue_depth: 0, latency_buckets: [[0.01, 0], [0.02, 5], [0.05, 10], [null, 10]] };
+  const now = { requests: 110, errors: 3, batches: 24, batch_rows: 110, cache_hits: 30, cache_misses: 10,
+                queue_depth: 2, latency_buckets: [[0.01, 0], [0.02, 55], [0.05, 110], [null, 110]] };
+  const restarted = { ...now, requests: 4, batches: 1, batch_rows: 4, errors: 0,
+                      latency_buckets: [[0.01, 4], [0.02, 4], [0.05, 4], [null, 4]] };
+  return {
+    p50: charts.quantile(0.5, buckets), p99: charts.quantile(0.99, buckets),
+    past: charts.quantile(0.5, [[0.01, 0], [null, 10]]), empty: charts.quantile(0.5, [[0.01, 0], [null, 0]]),
+    point: charts.point(charts.versionDelta(now, before), 2),
+    restarted: charts.point(charts.versionDelta(restarted, now), 2),
+  };
+}"""
+
+
+def test_the_charts_take_rates_and_quantiles_as_prometheus_does(
+    open_server: Served, watched: type[Watched]
+) -> None:
+    """charts.js, run in the browser: histogram_quantile's interpolation, rates over the interval,
+    and a version whose counters restarted (loaded again) counted from zero."""
+    tab = watched(open_server.url)
+    tab.page.goto(f"{open_server.url}/")
+    found = tab.page.evaluate(QUANTILES)
+    assert found["p50"] == 0.02 and found["p99"] == pytest.approx(0.0494)
+    assert found["past"] == 0.01 and found["empty"] is None  # past the last bound: that bound
+    assert found["point"] == {
+        "rps": 50,
+        "p50": pytest.approx(20.0),
+        "p99": pytest.approx(49.4),
+        "batch": 5,
+        "queue": 2,
+        "hit": 75,
+        "errors": 1,
+    }
+    assert found["restarted"]["rps"] == 2 and found["restarted"]["p99"] == pytest.approx(9.9)
+    tab.clean()
