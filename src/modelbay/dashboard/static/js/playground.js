@@ -83,6 +83,12 @@ function imagePane(pane, ctx) {
     showAnswer(ctx, reply, topK(reply), snippets);
   };
   input.addEventListener("change", () => input.files[0] && send(input.files[0]));
+  zone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      input.click();
+    }
+  });
   zone.addEventListener("dragover", (event) => {
     event.preventDefault();
     zone.classList.add("over");
