@@ -379,14 +379,14 @@ def serve(args: argparse.Namespace) -> int:
         on_ray = ray_cli.options(args)
         if on_ray is not None:
             return ray_cli.serve(settings, on_ray, args.ray)
+        problem = port_problem(settings)  # before loading: a busy port is known in a moment
+        if problem is not None:
+            print(f"modelbay: cannot serve: {problem}", file=sys.stderr)
+            return 2
         server = Server(settings)
         server.load()
     except ModelLoadError as exc:
         print(f"modelbay: cannot serve: {exc.message}", file=sys.stderr)
-        return 2
-    problem = port_problem(settings)
-    if problem is not None:
-        print(f"modelbay: cannot serve: {problem}", file=sys.stderr)
         return 2
     names = ", ".join(f"{model.name} (version {model.version})" for model in server.registry)
     if settings.model_repository is not None:
