@@ -38,6 +38,7 @@ from modelbay.http.protocol import ReadTimeoutProtocol
 from modelbay.loading import LoadedModel, load_model
 from modelbay.metrics import shared_folder
 from modelbay.predictor import Predictor
+from modelbay.registry.load_log import LoadLog
 from modelbay.registry.manager import ModelManager, ServerModels, build_served_model
 from modelbay.registry.registry import ModelRegistry, ServedModel
 from modelbay.registry.repository import Fingerprint, ModelRepository
@@ -75,6 +76,7 @@ class Server:
         self.models = ServerModels({}, {}, None)
         self.access: Access | None = None  # the API keys of `settings.auth`, read by load()
         self._tracing: Tracing | None = None  # with `settings.tracing`: made by load(), ended by the app
+        self.load_log = LoadLog()  # each version's lines of its last load, those of the start too
         self._uvicorn: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._drain: Callable[[], object] | None = None  # begins the drain, from any thread
@@ -134,7 +136,8 @@ class Server:
         self.settings = msgspec.structs.replace(self.settings, models=[])
         pending, self._pending = self._pending, []
         for loaded in pending:
-            model = build_served_model(loaded)
+            with self.load_log.capture(loaded.name, loaded.config.version):
+                model = build_served_model(loaded)
             self._add(model)
             self.models.sources.setdefault(model.name, {})[model.version] = loaded
         if self.settings.model_repository is not None and self.models.repository is None:
@@ -157,8 +160,9 @@ class Server:
         stamps: dict[tuple[str, str], Fingerprint] = {}
         for name in names:
             for version, found in repository.versions(name).items():
-                log.info("loading model %r version %s from %s", name, version, found.config.path)
-                self._add(build_served_model(load_model(found.config)))
+                with self.load_log.capture(name, version):
+                    log.info("loading model %r version %s from %s", name, version, found.config.path)
+                    self._add(build_served_model(load_model(found.config)))
                 stamps[(name, version)] = found.fingerprint
         self.models = ServerModels(self.models.sources, stamps, repository, polled)
 
@@ -191,6 +195,7 @@ class Server:
             # Each worker would change only its own copy; poll mode keeps them all in line with the disk.
             refused=SEVERAL_WORKERS if settings.workers > 1 else None,
             max_upload_bytes=settings.max_upload_bytes,
+            load_log=self.load_log,
         )
 
         @contextlib.asynccontextmanager

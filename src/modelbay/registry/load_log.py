@@ -49,8 +49,8 @@ class LoadLog:
 
     def lines(self, name: str, version: str) -> list[str]:
         """The log lines of the last load of version `version` of model `name`, oldest first;
-        [] when none was captured (e.g. a version loaded when the server started, before any
-        manager existed: its lines are in the server's log only)."""
+        [] when none was captured (a version on disk never loaded, or a server built without
+        `modelbay.server.Server`, whose start is not captured)."""
         return list(self._logs.get((name, version), ()))
 
     @contextlib.contextmanager

@@ -105,6 +105,7 @@ class ModelManager:
         mode: str = "explicit",
         refused: str | None = None,
         max_upload_bytes: int = 256 * 1024 * 1024,
+        load_log: LoadLog | None = None,
     ) -> None:
         self._registry = registry
         self._dataplane = dataplane
@@ -118,7 +119,7 @@ class ModelManager:
         self._status = {
             (m.name, m.version): VersionStatus(m.name, m.version, ModelState.READY) for m in registry
         }
-        self.load_log = LoadLog()
+        self.load_log = load_log or LoadLog()  # the server's, with the loads of its start
         self._configs: dict[str, dict[str, Any]] = {}  # a load's `config` override, kept per name
         self._locks: dict[str, asyncio.Lock] = {}
         self._retired = False  # a version was stopped since the last `_collect`

@@ -91,7 +91,7 @@ export async function showLog(container, model, version) {
   const { state, reason, lines } = reply.data;
   const text = lines.length
     ? lines.join("\n")
-    : "No load of this version since the server started: it was loaded at start, and its lines are in the server's log.";
+    : "No lines kept for this version's last load: see the server's log.";
   fill(container,
     h("h3", {}, `Load log: ${model} version ${version} `, h("span", { class: `state ${state}`, text: state })),
     reason ? h("p", { class: state === "FAILED" ? "error" : "muted", text: reason }) : null,
