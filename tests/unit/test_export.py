@@ -184,6 +184,25 @@ def test_models_without_a_torch_module_or_shapes_are_refused(
     assert exited.value.code == 2
 
 
+def test_bad_flags_and_unwritable_outputs_are_one_line_and_exit_2(
+    digits_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = str(digits_folder / "digits.pt2")
+    for flags in (["--atol", "-1"], ["--rtol", "nan"], ["--atol", "inf"], ["--pick-seconds", "0"]):
+        with pytest.raises(SystemExit) as exited:
+            main(["export", model, "--to", "onnx", *flags])
+        assert exited.value.code == 2
+        assert "expected" in capsys.readouterr().err
+    assert main(["export", model, "--to", "onnx", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"modelbay: export: --out {tmp_path} is a folder; name the file to write")
+    (tmp_path / "plain-file").write_text("")
+    assert main(["export", model, "--to", "onnx", "--out", str(tmp_path / "plain-file" / "d.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("modelbay: export: ") and "plain-file" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_pick_times_the_backends_and_records_the_fastest_keeping_the_manifest_comments(
     digits_folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

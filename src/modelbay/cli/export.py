@@ -10,6 +10,7 @@ pass and record the fastest in the model folder's modelbay.yaml.
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import sys
 import time
@@ -64,8 +65,10 @@ def add_parser(commands: Any) -> None:
     check = export.add_argument_group("the numeric check")
     check.add_argument("--examples", metavar="FILE.npz", help="real inputs: one array per input, [n, ...]")
     check.add_argument("--batch-sizes", type=_sizes, default=[1, 2, 7], help="random inputs' batches (1,2,7)")
-    check.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")
-    check.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance, of |original| (1e-3)")
+    check.add_argument("--atol", type=_tolerance, default=1e-4, help="absolute tolerance (1e-4)")
+    check.add_argument(
+        "--rtol", type=_tolerance, default=1e-3, help="relative tolerance, of |original| (1e-3)"
+    )
     pick = export.add_argument_group("choosing a backend")
     pick.add_argument(
         "--pick", action="store_true", help="time the backends, record the fastest in modelbay.yaml"
@@ -77,7 +80,9 @@ def add_parser(commands: Any) -> None:
         help="with --pick: which to time, of eager, compile (torch.compile), export (onnxruntime or "
         ".pt2); default all",
     )
-    pick.add_argument("--pick-seconds", type=float, default=1.0, help="time per backend and batch size (1)")
+    pick.add_argument(
+        "--pick-seconds", type=_seconds, default=1.0, help="time per backend and batch size (1)"
+    )
 
 
 def _sizes(text: str) -> list[int]:
@@ -93,6 +98,29 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _tolerance(text: str) -> float:
+    """A tolerance: a finite number >= 0. Raises argparse.ArgumentTypeError (exit 2) otherwise
+    (a negative or NaN one would refuse every export, an infinite one pass any)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number >= 0, e.g. 1e-4")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A duration in seconds: a finite number > 0. Raises argparse.ArgumentTypeError (exit 2) otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds > 0, e.g. 0.5")
+    return value
+
+
 def _backends(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names or set(names) - set(BACKEND_KEYS):
@@ -101,12 +129,15 @@ def _backends(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `modelbay export`; exit status 2 when the model cannot be loaded or exported, or when
-    the export fails the check (nothing is written then)."""
+    """Run `modelbay export`; exit status 2 when the model cannot be loaded or exported, when
+    the export fails the check (nothing is written then), or when a file cannot be written."""
     try:
         return _export(args)
     except (ModelLoadError, ExportFailed) as exc:
         print(f"modelbay: export: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # --out's folder not writable, a read-only modelbay.yaml, a full disk
+        print(f"modelbay: export: {exc}", file=sys.stderr)
         return 2
 
 
@@ -142,9 +173,15 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def destination(model: ExportSource, target: str, out: str | None) -> Path:
-    """--out, else NAME.onnx / NAME.pt2 beside the model's file (modelbay.export.paths)."""
+    """--out, else NAME.onnx / NAME.pt2 beside the model's file (modelbay.export.paths).
+
+    Raises ExportFailed when --out is a folder (it names the file to write).
+    """
     from modelbay.export.paths import export_path
 
+    if out and Path(out).is_dir():
+        example = Path(out) / f"model.{target}"
+        raise ExportFailed(f"--out {out} is a folder; name the file to write, e.g. {example}")
     return Path(out) if out else export_path(model.weights, target)
 
 
