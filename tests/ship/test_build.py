@@ -256,6 +256,10 @@ def test_inputs_it_cannot_ship_are_refused_with_one_line(
     error = capsys.readouterr().err
     assert "holds no Dockerfile written by modelbay build" in error and error.count("\n") == 1
     assert (foreign / "notes.txt").read_text() == "mine"
+    for flags in (["--wheel", str(tmp_path / "missing.whl")], ["--out", str(foreign / "notes.txt" / "c")]):
+        assert build(onnx_repository, tmp_path / "context", *flags) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("modelbay build: ") and error.count("\n") == 1 and "Traceback" not in error
     with pytest.raises(SystemExit) as exit_info:
         main(["build", str(onnx_repository), "-t", "digits"])
     assert exit_info.value.code == 2

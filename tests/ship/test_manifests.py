@@ -241,6 +241,8 @@ def test_flags_that_do_not_go_together_are_refused_with_one_line(
         (["--fleet", "type"], "expected a node label KEY=VALUE"),
         (["--fleet", "type=not ok"], "expected a node label KEY=VALUE"),
         (["--cpu", "lots"], "is not a Kubernetes quantity"),
+        (["--cpu=-1"], "is not a Kubernetes quantity"),
+        (["--memory=-512Mi"], "is not a Kubernetes quantity"),
         (["--toleration", "a:Sometimes"], "EFFECT one of NoSchedule"),
         (["--replicas", "0"], "expected a whole number >= 1"),
     ],
@@ -252,6 +254,17 @@ def test_malformed_flags_get_argparse_usage_and_exit_2(
         main(["manifests", str(onnx_repository), "--image", "digits:1", *flags])
     assert exit_info.value.code == 2
     assert said in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(
+    onnx_repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "plain-file").write_text("")
+    output = tmp_path / "plain-file" / "digits.yaml"
+    assert main(["manifests", str(onnx_repository), "--image", "digits:1", "-o", str(output)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("modelbay manifests: ") and "plain-file" in captured.err
+    assert captured.err.count("\n") == 1
 
 
 def test_a_repository_of_several_models_is_named_after_its_folder(

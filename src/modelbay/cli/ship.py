@@ -127,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"modelbay {args.command}: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a --wheel or --out that is not there, an --output folder not writable
+        print(f"modelbay {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 def build(args: argparse.Namespace) -> int:
@@ -238,7 +241,9 @@ def _count_or_percent(text: str) -> int | str:
 
 
 def _quantity(text: str) -> str:
-    if not _QUANTITY.match(text):
+    """A resource quantity for a request or limit: Kubernetes' grammar, and not negative (the API
+    server refuses a negative request). Raises argparse.ArgumentTypeError (exit 2) otherwise."""
+    if not _QUANTITY.match(text) or text.startswith("-"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a Kubernetes quantity (e.g. 500m, 2, 768Mi, 2Gi)")
     return text
 
