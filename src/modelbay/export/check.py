@@ -72,6 +72,9 @@ class OutputError:
     elements: int = 0
 
     def add(self, label: str, original: np.ndarray, export: np.ndarray, tolerance: Tolerance) -> None:
+        """Count one case: `original` and `export` are this output's arrays for case `label`, of
+        one shape and dtype (compare checks that first), compared in float64. A NaN on both sides
+        is equal; a NaN on one side only is an infinite error. Never raises."""
         ref = original.astype(np.float64)
         got = export.astype(np.float64)
         both_nan = np.isnan(ref) & np.isnan(got)
@@ -99,6 +102,7 @@ class CheckReport:
 
     @property
     def passed(self) -> bool:
+        """True when nothing stopped a comparison and every element is within the tolerance."""
         return not self.problems and all(output.beyond == 0 for output in self.outputs)
 
     def table(self) -> str:
