@@ -116,8 +116,14 @@ class LocalFallback:
         """Run one inference on the server, or on the local copy when the server cannot answer.
 
         inputs: {input name: array-like}, or one array-like for the model's first input.
-        Raises the server's exception when it refuses the request, or when it cannot answer and
-        there is no local copy.
+        Returns the outputs by the names of whoever answered: the server's (its metadata), or the
+        local file's, which are the same when the file was exported from the served model folder.
+        When the server answers from another version than the call before, the copy is checked
+        (a HEAD request) and, if the default version changed, downloaded again before this call
+        returns: that call may take up to `download_timeout_s` more than `deadline_s`.
+        Raises the server's exception (modelbay.errors) when it refuses the request;
+        httpx.TransportError, or the server's exception, when it cannot answer and there is no
+        local copy.
         """
         arrays = named_arrays(inputs, self._first_input)
         try:
