@@ -260,6 +260,13 @@ def test_inputs_it_cannot_ship_are_refused_with_one_line(
         assert build(onnx_repository, tmp_path / "context", *flags) == 2
         error = capsys.readouterr().err
         assert error.startswith("modelbay build: ") and error.count("\n") == 1 and "Traceback" not in error
+    outside = onnx_repository / "digits" / "modelbay.yaml"  # a manifest naming a file beside the repository
+    shutil.copyfile(onnx_repository / "digits" / "1" / "model.onnx", tmp_path / "elsewhere.onnx")
+    outside.write_text(outside.read_text() + "weights: ../../elsewhere.onnx\nformat: onnx\n")
+    shutil.rmtree(onnx_repository / "digits" / "1")
+    assert build(onnx_repository / "digits", tmp_path / "context", "--wheel", str(modelbay_wheel)) == 2
+    error = capsys.readouterr().err
+    assert "weights: ../../elsewhere.onnx lies outside the model folder" in error and error.count("\n") == 1
     with pytest.raises(SystemExit) as exit_info:
         main(["build", str(onnx_repository), "-t", "digits"])
     assert exit_info.value.code == 2

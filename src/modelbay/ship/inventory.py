@@ -175,11 +175,21 @@ def _model(name: str, versions: list[tuple[str, Path]], shared: dict[str, object
 
 
 def _folder_formats(folder: Path, manifest: dict[str, object]) -> set[Format]:
-    """The formats a model folder serves: its handler's (FOLDER), or its weights' file."""
+    """The formats a model folder serves: its handler's (FOLDER), or its weights' file.
+
+    Raises ModelLoadError for an unknown format, weights outside the folder (the image would
+    lack them), or no single model file to serve.
+    """
     from modelbay.loading import WEIGHT_SUFFIXES  # the loader's own rule for "the one model file"
 
     if (folder / HANDLER_NAME).is_file():
         return {Format.FOLDER}
+    weights = folder / str(manifest.get("weights") or "")
+    if not weights.resolve().is_relative_to(folder.resolve()):
+        raise ModelLoadError(
+            f"{folder / MANIFEST_NAME}: weights: {manifest['weights']} lies outside the model folder, "
+            "and the image gets only the folder's files: move the file into the folder and name it there"
+        )
     if manifest.get("format"):
         try:
             return {Format(str(manifest["format"]))}
@@ -189,7 +199,7 @@ def _folder_formats(folder: Path, manifest: dict[str, object]) -> set[Format]:
                 f"{[f.value for f in Format]}"
             ) from None
     if manifest.get("weights"):
-        return {detect(folder / str(manifest["weights"]))}
+        return {detect(weights)}
     found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
     if len(found) != 1:
         raise ModelLoadError(
