@@ -196,6 +196,9 @@ def test_bad_flags_and_unwritable_outputs_are_one_line_and_exit_2(
     assert main(["export", model, "--to", "onnx", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"modelbay: export: --out {tmp_path} is a folder; name the file to write")
+    np.savez(tmp_path / "words.npz", image=np.full((2, 1, 8, 8), "a"))
+    assert main(["export", model, "--to", "onnx", "--examples", str(tmp_path / "words.npz")]) == 2
+    assert "arrays of ['<U1'] cannot be the inputs ['FP32']" in capsys.readouterr().err
     (tmp_path / "plain-file").write_text("")
     assert main(["export", model, "--to", "onnx", "--out", str(tmp_path / "plain-file" / "d.onnx")]) == 2
     err = capsys.readouterr().err

@@ -145,7 +145,13 @@ def _read_examples(path: Path, specs: list[TensorSpec]) -> Arrays:
         )
     else:
         raise ModelLoadError(f"--examples {path} holds {sorted(stored)}; the model takes inputs {names}")
-    arrays = [a.astype(numpy_dtype(spec.datatype), copy=False) for a, spec in zip(arrays, specs, strict=True)]
+    try:
+        arrays = [a.astype(numpy_dtype(s.datatype), copy=False) for a, s in zip(arrays, specs, strict=True)]
+    except (TypeError, ValueError) as exc:  # strings or objects where the model takes numbers
+        raise ModelLoadError(
+            f"--examples {path}: arrays of {[str(a.dtype) for a in arrays]} cannot be the inputs "
+            f"{[s.datatype for s in specs]}: {exc}"
+        ) from exc
     if not _fit(arrays, specs):
         shapes = [list(a.shape) for a in arrays]
         raise ModelLoadError(
