@@ -195,3 +195,16 @@ def test_a_torch_format_without_torch_exits_2_naming_the_extra(
     assert f"this model is {what}: install modelbay[torch]" in done.stderr
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_export_without_torch_exits_2_naming_the_extra(torch_free: Path) -> None:
+    done = subprocess.run(
+        [str(torch_free / "modelbay"), "export", str(ONNX), "--to", "pt2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        "modelbay: export: --to pt2 needs torch, not installed here: pip install 'modelbay[torch]'\n"
+    )

@@ -4,6 +4,7 @@ real data (scikit-learn's digits) and random inputs; broken exports caught with 
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +205,26 @@ def test_bad_flags_and_unwritable_outputs_are_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.startswith("modelbay: export: ") and "plain-file" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_export_packages_are_named_before_the_model_loads(
+    digits_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # modelbay[torch] alone: no onnxruntime, onnx or onnxscript (None in sys.modules: import fails)
+    for module in ("onnxruntime", "onnxscript", "onnx"):
+        monkeypatch.setitem(sys.modules, module, None)
+    for module in ("modelbay.export.targets", "modelbay.loading.onnx"):  # imported afresh: none may need them
+        package, _, name = module.rpartition(".")
+        monkeypatch.delitem(sys.modules, module, raising=False)
+        monkeypatch.delattr(sys.modules[package], name, raising=False)
+    assert main(["export", str(digits_folder), "--to", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "modelbay: export: --to onnx needs onnx, onnxscript, onnxruntime, not installed here: "
+        "pip install 'onnx' 'onnxscript' 'modelbay[onnx]'\n"
+    )
+    assert main(["export", str(digits_folder), "--to", "pt2", "--out", str(digits_folder / "d.pt2")]) == 0
+    assert load_model({"path": str(digits_folder / "d.pt2")}).predictor.platform == "pytorch_exported"
 
 
 def test_pick_times_the_backends_and_records_the_fastest_keeping_the_manifest_comments(

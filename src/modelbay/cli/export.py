@@ -10,6 +10,7 @@ pass and record the fastest in the model folder's modelbay.yaml.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import platform
 import sys
@@ -29,6 +30,18 @@ if TYPE_CHECKING:  # the export package imports torch: only when the command run
 
 MODEL_FIELDS = ("format", "arch", "arch_kwargs", "trust_pickle", "inputs", "outputs")
 BACKEND_KEYS = ("eager", "compile", "export")
+# What each target needs beyond the base package (module -> what to pip install): torch to load
+# and capture the model; for ONNX also the dynamo exporter's onnx and onnxscript, which torch does
+# not bring, and onnxruntime to run the export in the check.
+NEEDS = {
+    "pt2": {"torch": "modelbay[torch]"},
+    "onnx": {
+        "torch": "modelbay[torch]",
+        "onnx": "onnx",
+        "onnxscript": "onnxscript",
+        "onnxruntime": "modelbay[onnx]",
+    },
+}
 
 
 def add_parser(commands: Any) -> None:
@@ -141,7 +154,24 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+def check_packages(target: str) -> None:
+    """Import what `--to target` needs (NEEDS). Raises ExportFailed naming every missing package
+    and the pip install that brings it, before any model is loaded."""
+    missing = {}
+    for module, install in NEEDS[target].items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing[module] = install
+    if missing:
+        installs = " ".join(f"'{name}'" for name in dict.fromkeys(missing.values()))
+        raise ExportFailed(
+            f"--to {target} needs {', '.join(missing)}, not installed here: pip install {installs}"
+        )
+
+
 def _export(args: argparse.Namespace) -> int:
+    check_packages(args.to)
     from modelbay.export import capture, check, source, targets  # torch: only for this command
 
     given = {key: getattr(args, key) for key in MODEL_FIELDS if getattr(args, key) is not None}

@@ -21,8 +21,8 @@ import torch
 from modelbay.errors import ExportFailed
 from modelbay.export.capture import quiet
 from modelbay.export.check import summary
-from modelbay.loading import exported as exported_loader
-from modelbay.loading import onnx as onnx_loader
+from modelbay.loading.detect import Format
+from modelbay.loading.loaders import load_runner
 from modelbay.loading.runner import Runner
 from modelbay.settings import ModelConfig
 
@@ -53,8 +53,7 @@ def write(
             onnx_program.save(str(path))
     except ImportError as exc:  # the dynamo exporter needs onnx and onnxscript, which torch does not bring
         raise ExportFailed(
-            f"the ONNX exporter needs the onnx and onnxscript packages ({exc}): "
-            "pip install 'modelbay[examples]', or pip install onnx onnxscript"
+            f"the ONNX exporter needs the onnx and onnxscript packages ({exc}): pip install onnx onnxscript"
         ) from exc
     except Exception as exc:
         raise ExportFailed(f"the ONNX exporter cannot translate the model: {summary(exc)}") from exc
@@ -62,9 +61,10 @@ def write(
 
 def read(target: str, path: Path) -> Runner:
     """The written export as a Runner, by the loader `modelbay serve` would use (onnxruntime for
-    ONNX, torch.export.load for .pt2). Raises ModelLoadError when it cannot be loaded."""
-    loader = onnx_loader.load if target == "onnx" else exported_loader.load
-    return loader(path, ModelConfig(path=str(path)))
+    ONNX, torch.export.load for .pt2). Raises ModelLoadError when it cannot be loaded, or the
+    loader's package is not installed (onnxruntime: modelbay[onnx])."""
+    fmt = Format.ONNX if target == "onnx" else Format.EXPORTED
+    return load_runner(fmt, path, ModelConfig(path=str(path)))
 
 
 @contextlib.contextmanager
