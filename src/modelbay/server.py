@@ -182,6 +182,7 @@ class Server:
         file is read again when it changes (Access.watch).
         """
         settings = self.settings
+        logs.ACCESS.disabled = not settings.access_log  # the access lines of this process (modelbay.logs)
         tracing = self._tracing or traces(settings)
         dataplane = Dataplane(self.registry, tracing=tracing)
         grace = settings.graceful_timeout_s

@@ -340,7 +340,9 @@ class Settings(_Config):
     log_format:     "text" (a line of text per log line) or "json" (a JSON object per line), for
                     every log line of the server (modelbay.logs).
     access_log:     an access log line per request (modelbay.logs: request id, model, version,
-                    status, latency, batch size, caller), at INFO.
+                    status, latency, batch size, caller), at INFO. Off by default: a line per
+                    request through Python's logging halves a small model's requests/s
+                    (benchmarks/results/access_log_cost.json).
     tracing:        OpenTelemetry traces of every request, exported as the OTEL_* environment
                     variables say (modelbay.runtime.tracing; needs `modelbay[tracing]`).
     model_repository: a model repository folder (models/<name>/<version>/...) served live: models
@@ -378,7 +380,7 @@ class Settings(_Config):
     max_connections: int = 1000
     log_level: str = "info"
     log_format: str = "text"
-    access_log: bool = True
+    access_log: bool = False
     tracing: bool = False
     model_repository: str | None = None
     model_control_mode: str = "explicit"

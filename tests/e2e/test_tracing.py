@@ -136,7 +136,15 @@ def test_a_request_over_http_and_grpc_is_one_trace_with_its_phases(
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
         monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
         monkeypatch.setenv("OTEL_SERVICE_NAME", "digits-service")
-        args = (str(tmp_path), "--tracing", "--log-format", "json", "--grpc-port", str(grpc_port))
+        args = (
+            str(tmp_path),
+            "--tracing",
+            "--log-format",
+            "json",
+            "--access-log",
+            "--grpc-port",
+            str(grpc_port),
+        )
         with serve_process(*args) as served:
             body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
             header, trace_id, span_id = traceparent()

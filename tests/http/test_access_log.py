@@ -29,7 +29,8 @@ async def test_one_access_line_per_request_with_its_id(
     tiny_files: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=ACCESS.name)
-    server = Server(Settings(models=[{"path": str(tiny_files["onnx"]), "name": "tiny"}]))  # type: ignore[list-item]
+    model = {"path": str(tiny_files["onnx"]), "name": "tiny"}
+    server = Server(Settings(access_log=True, models=[model]))  # type: ignore[list-item]
     async with asgi_client(server) as client:
         kept = await client.post("/v2/models/tiny/infer", json=ROW, headers={"x-request-id": "order-42.a:b"})
         made = await client.post("/v2/models/tiny/infer", json=ROW, headers={"x-request-id": "bad id\n"})
@@ -72,7 +73,7 @@ async def test_the_caller_is_the_key_name_never_the_key(
     path = tmp_path / "keys.yaml"
     key, _ = create_key(path, "mobile-app", ["infer"])
     model = {"path": str(tiny_files["onnx"]), "name": "tiny"}
-    server = Server(Settings(auth=str(path), models=[model]))  # type: ignore[list-item]
+    server = Server(Settings(auth=str(path), access_log=True, models=[model]))  # type: ignore[list-item]
     async with asgi_client(server) as client:
         answered = await client.post("/v2/models/tiny/infer", json=ROW, headers={"x-api-key": key})
         refused = await client.post("/v2/models/tiny/infer", json=ROW)
@@ -82,7 +83,18 @@ async def test_the_caller_is_the_key_name_never_the_key(
     assert all(key not in record.getMessage() for record in caplog.records)
 
 
-def test_no_access_lines_with_access_log_off(caplog: pytest.LogCaptureFixture) -> None:
+async def test_no_access_lines_by_default(
+    tiny_files: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    server = Server(Settings(models=[{"path": str(tiny_files["onnx"]), "name": "tiny"}]))  # type: ignore[list-item]
+    async with asgi_client(server) as client:
+        reply = await client.post("/v2/models/tiny/infer", json=ROW)
+    assert reply.status_code == 200 and len(reply.headers["x-request-id"]) == 16  # an id all the same
+    assert lines(caplog) == []
+
+
+def test_configure_turns_access_lines_on_and_off() -> None:
     from modelbay import logs
 
     try:

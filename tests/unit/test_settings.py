@@ -70,7 +70,7 @@ SERVER = {
     "max_connections": (10, 20, 30),
     "log_level": ("debug", "warning", "error"),
     "log_format": ("json", "text", "json"),
-    "access_log": (False, True, False),
+    "access_log": (True, False, True),
     "tracing": (True, False, True),
     "model_repository": ("/r1", "/r2", "/r3"),
     "model_control_mode": ("poll", "none", "poll"),

@@ -133,7 +133,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--access-log",
         action=argparse.BooleanOptionalAction,
-        help="a log line per request: id, model, version, status, latency, batch size, caller (default on)",
+        help="a log line per request: id, model, version, status, latency, batch size, caller (default off)",
     )
     serve.add_argument(
         "--tracing",
