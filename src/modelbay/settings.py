@@ -282,6 +282,9 @@ class ModelConfig(_Config):
     torch_compile: run a PyTorch model's module through `torch.compile` (TorchInductor) when it
                  loads; compiling takes seconds to minutes at load and needs a C++ compiler.
                  `modelbay export --pick` sets it when that is the fastest backend measured.
+    offer_onnx:  let callers allowed to infer the model download its ONNX file (`GET
+                 /v2/models/{m}/onnx`, for a client's local copy: modelbay.client.local). Off by
+                 default: a model's weights leave the server only when its owner says so.
     """
 
     path: str | None = None
@@ -307,6 +310,7 @@ class ModelConfig(_Config):
     traffic: TrafficConfig | None = None
     url_inputs: UrlInputConfig | None = None
     torch_compile: bool = False
+    offer_onnx: bool = False
 
     def __post_init__(self) -> None:
         if self.timeout_s is not None and self.timeout_s <= 0:

@@ -24,10 +24,16 @@ BUILTIN = ROOT / "src" / "modelbay" / "builtin" / "digits"
 
 
 def digits_server(tmp_path: Path, **settings: Any) -> Server:
-    """ "d-onnx" (an ONNX file), "digits" (the bundled .pt2 folder, no export yet), "tiny" (in memory)."""
+    """ "d-onnx" (an ONNX file), "digits" (the bundled .pt2 folder, no export yet), both offering
+    their ONNX file, "secret" (an ONNX file not offered) and "tiny" (in memory)."""
     folder = shutil.copytree(BUILTIN, tmp_path / "digits")
     onnx = shutil.copy(ONNX, tmp_path / "d-onnx.onnx")
-    models = [ModelConfig(path=str(onnx), name="d-onnx"), ModelConfig(path=str(folder))]
+    secret = shutil.copy(ONNX, tmp_path / "secret.onnx")
+    models = [
+        ModelConfig(path=str(onnx), name="d-onnx", offer_onnx=True),
+        ModelConfig(path=str(folder), offer_onnx=True),
+        ModelConfig(path=str(secret), name="secret"),  # offer_onnx off: the default
+    ]
     server = Server(Settings(grpc_port=0, models=models, **settings))
     server.add_model("tiny", tiny_module(), example=torch.zeros(1, 4))
     return server
@@ -53,8 +59,9 @@ async def test_a_version_offers_its_onnx_file_or_its_export(tmp_path: Path) -> N
         later = Path(exported).stat().st_mtime + 10
         os.utime(tmp_path / "digits" / "digits.pt2", (later, later))  # weights newer: the export is stale
         assert (await http.get("/v2/models/digits/onnx")).status_code == 404
-        memory = await http.get("/v2/models/tiny/onnx")
-        assert memory.status_code == 404 and "not loaded from a model file" in memory.json()["error"]
+        kept = await http.get("/v2/models/secret/onnx")
+        assert kept.status_code == 404 and "does not offer its ONNX file" in kept.json()["error"]
+        assert "offer_onnx: true" in kept.json()["error"]
 
 
 async def test_the_download_needs_a_key_that_may_infer_the_model(tmp_path: Path) -> None:

@@ -109,6 +109,7 @@ MODEL_UNFLAGGED = {
     "top_k": (2, 3),
     "softmax": (True, False),
     "torch_compile": (True, False),
+    "offer_onnx": (True, False),
     "image.mode": ("L", "RGB"),
     "image.resize": (8, 16),
     "image.crop": (4, 6),

@@ -1,5 +1,6 @@
 """The ONNX file a served model version offers for download (`GET /v2/models/{m}[/versions/{v}]/onnx`).
 
+Only a version whose settings say `offer_onnx: true` offers anything (its weights leave the server).
 A version that serves ONNX offers its own file. A version that serves a PyTorch file offers the
 ONNX that `modelbay export` wrote beside it (modelbay.export.paths: digits.pt2 -> digits.onnx),
 checked against it when it was written, provided it is not older than the file it was exported
@@ -20,10 +21,15 @@ from modelbay.registry.registry import ServedModel
 def onnx_file(served: ServedModel) -> Path:
     """The ONNX file of `served` (see the module docstring).
 
-    Raises ModelNotFound saying why when it has none: it was handed over in memory or is a
-    predict.py handler, or it serves a PyTorch file with no (current) export beside it.
+    Raises ModelNotFound saying why when it has none: its settings do not offer it (`offer_onnx`,
+    off by default), it was handed over in memory or is a predict.py handler, or it serves a
+    PyTorch file with no (current) export beside it.
     """
     what = f"model {served.name!r} version {served.version}"
+    if not served.offer_onnx:
+        raise ModelNotFound(
+            f"{what} does not offer its ONNX file: its owner may set `offer_onnx: true` in its modelbay.yaml"
+        )
     artifact = served.artifact
     if artifact is None:
         raise ModelNotFound(f"{what} was not loaded from a model file, so it has no ONNX file to offer")

@@ -415,4 +415,5 @@ def build_served_model(loaded: LoadedModel) -> ServedModel:
         url_inputs=config.url_inputs,
         traffic=config.traffic,
         artifact=loaded.artifact,
+        offer_onnx=config.offer_onnx,
     )

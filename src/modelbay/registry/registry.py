@@ -28,6 +28,7 @@ class ServedModel:
     traffic: the model's traffic policy in this version's settings (ModelConfig.traffic).
     artifact: the model file it was loaded from (LoadedModel.artifact); None for a predict.py
              handler or a module handed over in memory.
+    offer_onnx: its ONNX file may be downloaded (ModelConfig.offer_onnx; registry/downloads.py).
     ready:   True between a successful start and stop (OIP "model ready").
     metrics: bound by the Dataplane that serves it.
     """
@@ -43,6 +44,7 @@ class ServedModel:
     url_inputs: UrlInputConfig | None = None
     traffic: TrafficConfig | None = None
     artifact: Path | None = None
+    offer_onnx: bool = False
     ready: bool = False
     batcher: Batcher = field(init=False)
     cache: PredictionCache | None = field(init=False, default=None)
