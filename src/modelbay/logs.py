@@ -72,34 +72,6 @@ _new_prefix()
 os.register_at_fork(after_in_child=_new_prefix)  # a forked worker must not repeat its parent's ids
 
 
-def access(
-    context: RequestContext,
-    protocol: str,
-    call: str,
-    model: str,
-    version: str,
-    status: int,
-    arrived: float,
-) -> None:
-    """Write the access line of a request answered now (module docstring); `arrived`: when it
-    came (time.monotonic()). Costs one level check when access lines are off."""
-    if not ACCESS.isEnabledFor(logging.INFO):
-        return
-    fields = {
-        "request_id": context.request_id,
-        "protocol": protocol,
-        "call": call,
-        "model": model,
-        "version": version,
-        "status": status,
-        "latency_ms": round((time.monotonic() - arrived) * 1000, 3),
-        "batch_size": context.batch_size,
-        "caller": context.caller,
-    }
-    text = " ".join(f"{name}={fields[name] if fields[name] != '' else '-'}" for name in ACCESS_FIELDS)
-    ACCESS.info(text, extra={"access": fields})
-
-
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (ISO 8601, UTC), level, logger, message, and an access
     line's fields at the top level; an exception's traceback under `exception`."""
@@ -145,9 +117,10 @@ def finish(
     arrived: float,
     error: str | None = None,
 ) -> None:
-    """The end of a request, once its answer is sent: its trace's SERVER span ends (when traced,
-    runtime/tracing.py) and its access line is written (`access`). `error`: a server-side
-    failure's description (the span's status is then ERROR)."""
+    """The end of a request, once its answer is sent (`arrived`: when it came, time.monotonic()):
+    its trace's SERVER span ends (when traced, runtime/tracing.py; `error`: a server-side
+    failure's description, the span's status is then ERROR) and its access line is written when
+    access lines are on (module docstring; off, one level check)."""
     span = context.span
     if span is not None:
         span.finish(
@@ -160,4 +133,18 @@ def finish(
             },
             error,
         )
-    access(context, protocol, call, model, version, status, arrived)
+    if not ACCESS.isEnabledFor(logging.INFO):
+        return
+    fields = {
+        "request_id": context.request_id,
+        "protocol": protocol,
+        "call": call,
+        "model": model,
+        "version": version,
+        "status": status,
+        "latency_ms": round((time.monotonic() - arrived) * 1000, 3),
+        "batch_size": context.batch_size,
+        "caller": context.caller,
+    }
+    text = " ".join(f"{name}={fields[name] if fields[name] != '' else '-'}" for name in ACCESS_FIELDS)
+    ACCESS.info(text, extra={"access": fields})
