@@ -121,6 +121,11 @@ def test_a_torchscript_file_exports_to_pt2_with_a_dynamic_batch(tmp_path: Path) 
     assert status == 0
     exported = load_model({"path": str(tmp_path / "digits.pt2")}).predictor
     assert exported.platform == "pytorch_exported" and exported.inputs[0].shape == (-1, 1, 8, 8)
+    written = (tmp_path / "digits.pt2").read_bytes()
+    again = ["export", str(scripted), "--to", "pt2", "--example-shape", "1,1,8,8"]
+    assert main(again) == 2  # the default file exists: it may be another model's, not replaced
+    assert (tmp_path / "digits.pt2").read_bytes() == written
+    assert main([*again, "--force"]) == 0
     original = load_model({"path": str(scripted)}).predictor
     for rows in (1, 13):
         images = digits_images()[:rows]

@@ -64,6 +64,9 @@ def add_parser(commands: Any) -> None:
         "--to", required=True, choices=["onnx", "pt2"], help="ONNX, or a torch.export program"
     )
     export.add_argument("--out", help="the file to write (default: beside the model, NAME.onnx / NAME.pt2)")
+    export.add_argument(
+        "--force", action="store_true", help="replace the default output file when it exists already"
+    )
     model = export.add_argument_group("the model (as modelbay serve's flags)")
     artifact_arguments(model)
     model.add_argument(
@@ -177,7 +180,7 @@ def _export(args: argparse.Namespace) -> int:
     given = {key: getattr(args, key) for key in MODEL_FIELDS if getattr(args, key) is not None}
     examples = Path(args.examples) if args.examples else None
     model = source.load_source({"path": args.artifact, **given}, args.example_shapes, examples)
-    out = destination(model, args.to, args.out)
+    out = destination(model, args.to, args.out, args.force)
     tolerance = check.Tolerance(args.atol, args.rtol)
     cases = check.check_cases(model.inputs, args.batch_sizes, model.examples)
     program = capture.capture(model.module, check.random_inputs(model.inputs, 2, np.random.default_rng(0)))
@@ -202,17 +205,26 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def destination(model: ExportSource, target: str, out: str | None) -> Path:
+def destination(model: ExportSource, target: str, out: str | None, force: bool = False) -> Path:
     """--out, else NAME.onnx / NAME.pt2 beside the model's file (modelbay.export.paths).
 
-    Raises ExportFailed when --out is a folder (it names the file to write).
+    Raises ExportFailed when --out is a folder (it names the file to write), or when the default
+    file exists already and `force` is not given (it may be another model: digits.safetensors
+    exported to .pt2 would replace a digits.pt2 beside it).
     """
     from modelbay.export.paths import export_path
 
     if out and Path(out).is_dir():
         example = Path(out) / f"model.{target}"
         raise ExportFailed(f"--out {out} is a folder; name the file to write, e.g. {example}")
-    return Path(out) if out else export_path(model.weights, target)
+    if out:
+        return Path(out)
+    path = export_path(model.weights, target)
+    if path.exists() and not force:
+        raise ExportFailed(
+            f"{path} exists already: pass --force to replace it, or --out FILE to write elsewhere"
+        )
+    return path
 
 
 def _pin_weights(folder: Path, weights: Path, out: Path) -> None:
