@@ -4,14 +4,14 @@ A Ray head and a second Ray node (ray.cluster_utils.Cluster: their own raylets, 
 ports, one CPU each) on loopback, in a temporary Ray folder of their own. On Linux Ray replaces
 127.0.0.1 with the host's address when a node or a driver joins; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 (read when ray is imported, hence the late imports) keeps every node and driver on 127.0.0.1.
-Serve's HTTP proxy runs on the head only (`modelbay serve --ray` starts Serve with proxy_location
-HeadOnly), on a free loopback port.
+`modelbay serve --ray` starts Serve with no HTTP proxy: its front answers HTTP itself on a free
+loopback port of the head node; `serve run` of a config file puts Serve's proxy in front.
 
 The real `modelbay serve REPOSITORY --ray ADDRESS --replicas 2` deploys the digits ONNX model with
 one CPU per replica: Serve must put one replica on each node. Real clients (tritonclient HTTP and
 gRPC, modelbay's Client) get what onnxruntime gives on held-out scans; /metrics sums both
 replicas' batches; a replica killed under load is replaced, and only requests in flight on it
-fail. `serve run modelbay.ray:app repository=...` deploys the same. Everything started is
+fail. `serve run` of a Serve config file naming `modelbay.ray:app` deploys the same. Everything started is
 stopped, even on failure; every wait is bounded.
 """
 
@@ -39,6 +39,7 @@ import onnxruntime
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+import yaml
 from sklearn.datasets import load_digits
 
 from modelbay.client import Client
@@ -314,31 +315,47 @@ def test_stopping_deletes_the_application(on_ray: OnRay) -> None:
     wait_for(lambda: not replicas(), 30, "the replicas gone")
 
 
-def test_serve_run_builds_the_same_application(
-    cluster: RayCluster, repository: Path, held_out: tuple[np.ndarray, np.ndarray], on_ray: OnRay
+def test_serve_run_of_a_config_file_builds_the_same_application(
+    cluster: RayCluster,
+    repository: Path,
+    held_out: tuple[np.ndarray, np.ndarray],
+    on_ray: OnRay,
+    tmp_path: Path,
 ) -> None:
-    """Ray's own `serve run modelbay.ray:app`, on the Serve instance (and HTTP port) `modelbay serve
-    --ray` started, after it stopped."""
+    """Ray's own way: `serve run` of a Serve config file naming `import_path: modelbay.ray:app`,
+    with no `port` argument, so the front is the ingress behind Serve's HTTP proxy (on the port of
+    the file's http_options). After `modelbay serve --ray` stopped: it shut down the Serve it
+    started, so this one starts with the file's options."""
     images, expected = held_out
-    command = [
-        str(Path(sys.executable).parent / "serve"),
-        "run",
-        "--address",
-        cluster.address,
-        "modelbay.ray:app",
-        f"repository={repository}",
-        "grpc_port=0",
-        "num_cpus=0.5",
-    ]
+    port = free_port()
+    config = {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [
+            {
+                "name": "modelbay",
+                "route_prefix": "/",
+                "import_path": "modelbay.ray:app",
+                "args": {"repository": str(repository), "grpc_port": 0, "num_cpus": 0.5},
+            }
+        ],
+    }
+    (tmp_path / "modelbay-serve.yaml").write_text(yaml.safe_dump(config))
+    command = [str(Path(sys.executable).parent / "serve"), "run", "--address", cluster.address]
+    url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [*command, str(tmp_path / "modelbay-serve.yaml")], stdout=output, stderr=subprocess.STDOUT
+        )
         try:
-            wait_for(lambda: _ready(on_ray.url) or process.poll() is not None, 180, "serve run ready")
+            wait_for(lambda: _ready(url) or process.poll() is not None, 180, "serve run ready")
             assert process.poll() is None, _read(output)
-            with Client(on_ray.url) as client:
+            with Client(url) as client:
                 np.testing.assert_allclose(
                     client.infer("digits", images[:4])["logits"], expected[:4], atol=1e-5
                 )
+                predictions = client.predict("digits", images[4].tolist())  # the simple door
+                np.testing.assert_allclose(np.asarray(predictions), expected[4], atol=1e-5)
             process.send_signal(signal.SIGINT)  # serve run then shuts Serve down, applications and all
             process.wait(timeout=90)
             wait_for(lambda: not replicas(), 30, "the replicas gone")

@@ -1,8 +1,12 @@
 """The Ray Serve application of a modelbay server: one deployment per model version, a front.
 
-    front (ingress, 1 replica, head node)  --DeploymentHandle-->  "NAME:VERSION" deployments
+    front (1 replica, head node)           --DeploymentHandle-->  "NAME:VERSION" deployments
        modelbay's HTTP app + gRPC server                          replicas: predictor + batcher
                    ^-------------- metrics board <---- each replica pushes its metrics
+
+The front answers HTTP itself on the port it is given (HttpFront: modelbay's own uvicorn server,
+one hop less than through Serve's HTTP proxy), or, given none, is the application's ingress behind
+Serve's HTTP proxy (Front).
 
 `build_app(settings, options)` makes it from modelbay Settings (as `modelbay serve --ray` has them);
 `app(args)` is the same for Ray's own tools: `serve run modelbay.ray:app repository=models/` or an
@@ -17,22 +21,24 @@ import msgspec
 from ray import serve
 from ray.serve import Application
 
-from modelbay.ray.front import Front
+from modelbay.ray.front import Front, HttpFront
 from modelbay.ray.metrics import MetricsBoard
 from modelbay.ray.options import QUIET_LOGS, RayOptions, model_configs, model_deployment_options
 from modelbay.ray.replica import ModelReplica
 from modelbay.settings import Settings, environment
 
-# Ray's resource of the head node: a sliver of it pins the front beside Serve's HTTP proxy
-# (proxy_location HeadOnly), and gives its gRPC door a known address.
+# Ray's resource of the head node: a sliver of it pins the front there, which gives its HTTP and
+# gRPC doors a known address (and puts it beside Serve's HTTP proxy, proxy_location HeadOnly).
 HEAD_NODE = "node:__internal_head__"
 # `app(args)` keys that are modelbay settings rather than RayOptions.
-SETTINGS_ARGS = ("host", "grpc_port", "max_body_bytes", "auth", "model_control_mode", "access_log")
+SETTINGS_ARGS = ("host", "port", "grpc_port", "max_body_bytes", "auth", "model_control_mode", "access_log")
 
 
-def build_app(settings: Settings, options: RayOptions) -> Application:
+def build_app(settings: Settings, options: RayOptions, own_http: bool = True) -> Application:
     """The Serve application serving every model of `settings` (its `models` and those of its
     `model_repository`, as found now), each version with the replicas and resources of `options`.
+    own_http: the front answers HTTP itself on `settings.host:settings.port` of the head node;
+              False: Serve's HTTP proxy does, and passes requests to the front (an ingress).
 
     Model files are read by the replicas, on whichever node Serve places them: their paths must
     exist there too (a shared file system, or the same files on every node).
@@ -55,7 +61,7 @@ def build_app(settings: Settings, options: RayOptions) -> Application:
         max_ongoing_requests=settings.max_connections,
         ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE: 0.001}},
         logging_config=QUIET_LOGS,
-    )(serve.ingress()(Front))
+    )(HttpFront if own_http else serve.ingress()(Front))
     front_settings = msgspec.to_builtins(msgspec.structs.replace(settings, models=[]))
     return front.bind(front_settings, models, board_app)
 
@@ -67,9 +73,10 @@ def app(args: dict[str, Any]) -> Application:
       repository: a model repository folder; models: model paths, a list or comma-separated;
       config: a modelbay settings YAML file (its `models:` and model settings apply);
       replicas, autoscale ("MIN:MAX"), target_ongoing_requests, num_cpus, num_gpus, name: RayOptions;
-      host, grpc_port (0: no gRPC), max_body_bytes, auth, model_control_mode, access_log: Settings.
-    With neither repository, models nor config: the bundled digits classifier. HTTP's host and
-    port are Serve's own (`serve run --address`, the config file's http_options).
+      host, grpc_port (0: no gRPC), max_body_bytes, auth, model_control_mode, access_log: Settings;
+      port: the front answers HTTP itself there, on the head node (host: its address); without
+      it, Serve's HTTP proxy answers (`serve run`'s host and port, a config file's http_options).
+    With neither repository, models nor config: the bundled digits classifier.
     Raises ModelLoadError for a bad argument or model list.
     """
     from modelbay.server import DEFAULT_MODEL  # the server's default, without its import cost here
@@ -90,4 +97,4 @@ def app(args: dict[str, Any]) -> Application:
     if not settings.models and settings.model_repository is None:
         default = {**overrides, "models": [{"path": str(DEFAULT_MODEL)}]}
         settings = Settings.load(config, default, environment())
-    return build_app(settings, options)
+    return build_app(settings, options, own_http="port" in args)

@@ -62,7 +62,7 @@ def serve(settings: Settings, options: RayOptions, address: str) -> int:
     wrong, no cluster answers at `address` or the application fails to deploy.
     """
     if not settings.port:
-        return _refuse("with --ray, --port must name a port: Serve's HTTP proxy listens there")
+        return _refuse("with --ray, --port must name a port: the front listens there, on the head node")
     try:
         import ray
         from ray import serve as ray_serve
@@ -78,19 +78,21 @@ def serve(settings: Settings, options: RayOptions, address: str) -> int:
         ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         return _refuse(f"no Ray cluster answers at {address}: {exc}")
+    started_serve = _serve_absent(ray_serve)
     try:
-        http = {"host": settings.host, "port": settings.port}
-        ray_serve.start(proxy_location="HeadOnly", http_options=http)
-        ray_serve.run(application, name=options.name, route_prefix="/")
+        # The front answers HTTP itself (modelbay.ray.front.HttpFront): no Serve proxy is needed.
+        # A Serve already running on the cluster keeps its own proxies.
+        ray_serve.start(proxy_location="Disabled")
+        ray_serve.run(application, name=options.name, route_prefix=None)
     except Exception as exc:  # Serve's deploy failures are RuntimeErrors and its own classes
-        _delete(ray_serve, options.name)
+        _end(ray_serve, options.name, started_serve)
         ray.shutdown()
         return _refuse(f"the application did not deploy: {_first_line(exc)}")
     print(f"modelbay: {_serving(settings, options)}", file=sys.stderr, flush=True)
     try:
         _wait_for_exit_signal()
     finally:
-        _delete(ray_serve, options.name)
+        _end(ray_serve, options.name, started_serve)
         ray.shutdown()
     return 0
 
@@ -99,7 +101,8 @@ def _serving(settings: Settings, options: RayOptions) -> str:
     count = f"autoscaled {options.autoscale}" if options.autoscale else f"{options.replicas}"
     where = f"http://{settings.host}:{settings.port}"
     if settings.grpc_port:
-        where += f" and grpc://{settings.host}:{settings.grpc_port} (on the head node)"
+        where += f" and grpc://{settings.host}:{settings.grpc_port}"
+    where += " (the front, on the head node)"
     return f"serving on {where}: Ray Serve application {options.name!r}, {count} replica(s) per model version"
 
 
@@ -115,10 +118,20 @@ def _wait_for_exit_signal() -> None:
         pass
 
 
-def _delete(ray_serve: Any, name: str) -> None:
-    """Delete the application and wait until its replicas are gone (their models closed)."""
+def _serve_absent(ray_serve: Any) -> bool:
+    """Whether Serve is not running on the cluster (no application, no proxy): then this command
+    starts it, and shuts it down when it ends, so a later `serve run` starts one with its proxy."""
+    status = ray_serve.status()
+    return not status.applications and not status.proxies
+
+
+def _end(ray_serve: Any, name: str, started_serve: bool) -> None:
+    """Delete the application and wait until its replicas are gone (their models closed); shut
+    Serve down too when this command started it and no other application runs in it."""
     try:
         ray_serve.delete(name)
+        if started_serve and not ray_serve.status().applications:
+            ray_serve.shutdown()
     except Exception as exc:  # the cluster went away: nothing left to delete
         print(f"modelbay: could not delete the application {name!r}: {_first_line(exc)}", file=sys.stderr)
 

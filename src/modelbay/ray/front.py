@@ -1,12 +1,14 @@
-"""The front of modelbay on Ray: the ingress deployment that speaks modelbay's protocols.
+"""The front of modelbay on Ray: the deployment that speaks modelbay's protocols.
 
 It runs modelbay's own ASGI app (http/app.py create_app) over a Dataplane whose registry holds a
 RemoteModel per model version (modelbay.ray.remote): REST /predict, OIP REST (JSON and the binary
-extension), the docs, /metrics and the repository API answer exactly as from `modelbay serve`,
-behind Serve's HTTP proxy. With a gRPC port set, the front also runs modelbay's own OIP gRPC
-server (grpc/servicer.py) on that port of its node (the head node: modelbay.ray.app pins it
-there), over the same dataplane; Serve's gRPC proxy is not used (it needs its own per-method
-deployment calls and an `application` metadata key that Triton's clients do not send).
+extension), the docs, /metrics and the repository API answer exactly as from `modelbay serve`:
+HttpFront serves it with modelbay's own uvicorn server on a port of the head node, Front as the
+application's ingress behind Serve's HTTP proxy. With a gRPC port set, the front also runs
+modelbay's own OIP gRPC server (grpc/servicer.py) on that port of its node (the head node:
+modelbay.ray.app pins it there), over the same dataplane; Serve's gRPC proxy is not used (it
+needs its own per-method deployment calls and an `application` metadata key that Triton's
+clients do not send).
 
 Management: the index lists the versions served; the default version and traffic policies are
 set here, in this front (one replica), as on one machine. Loading and unloading are refused with
@@ -19,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+import socket
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import msgspec
+import uvicorn
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 
@@ -35,7 +39,7 @@ from modelbay.ray.remote import RemoteModel
 from modelbay.registry.manager import ModelManager, ServerModels
 from modelbay.registry.registry import ModelRegistry
 from modelbay.runtime.dataplane import Dataplane
-from modelbay.server import traces
+from modelbay.server import traces, uvicorn_config
 from modelbay.settings import ModelConfig, Settings
 
 log = logging.getLogger("modelbay.ray")
@@ -83,7 +87,11 @@ class Front:
         self.dataplane: Dataplane | None = None
 
     async def __serve_build_asgi_app__(self) -> ModelbayApp:
-        """The app (Serve calls this once, after the constructor). Raises ModelLoadError when a
+        """The app behind Serve's HTTP proxy (Serve calls this once, after the constructor)."""
+        return await self.build_app()
+
+    async def build_app(self) -> ModelbayApp:
+        """modelbay's HTTP app over the versions' stand-ins. Raises ModelLoadError when a
         version's replicas do not describe their model within DESCRIBE_TIMEOUT_S."""
         settings = self.settings
         registry = ModelRegistry()
@@ -153,3 +161,58 @@ class Front:
                 await dataplane.stop()
 
         return lifespan
+
+
+class HttpFront(Front):
+    """The front answering HTTP itself: modelbay's uvicorn server (server.uvicorn_config: the read
+    timeout, connection limit and drain of `modelbay serve`) on `settings.host:settings.port` of
+    its node, the head node, with no Serve HTTP proxy in the way (modelbay.ray.app deploys it
+    when a port is given; `modelbay serve --ray` does).
+
+    Raises ModelLoadError (Serve: DEPLOY_FAILED, with the message) when the port is taken or the
+    server does not start.
+    """
+
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
+        self,
+        settings: dict[str, Any],
+        models: list[tuple[dict[str, Any], DeploymentHandle]],
+        board: DeploymentHandle,
+    ) -> None:
+        super().__init__(settings, models, board)
+        config = uvicorn_config(await self.build_app(), self.settings)
+        try:
+            listening = _listen(config.host, config.port)
+        except OSError as exc:
+            raise ModelLoadError(f"the front cannot listen on {config.host}:{config.port}: {exc}") from None
+        self._http = _ServerInActor(config)
+        self._serving = asyncio.get_running_loop().create_task(self._http.serve(sockets=[listening]))
+        while not self._http.started:
+            if self._serving.done():
+                raise ModelLoadError("the front's HTTP server did not start (its replica's log says why)")
+            await asyncio.sleep(0.05)
+
+    def check_health(self) -> None:
+        """Serve's health check: the front is replaced when its HTTP server has stopped."""
+        if self._serving.done():
+            raise RuntimeError("the front's HTTP server stopped")
+
+    async def __del__(self) -> None:
+        """Serve's graceful shutdown: the HTTP server drains (settings.graceful_timeout_s) and stops."""
+        self._http.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._serving
+
+
+class _ServerInActor(uvicorn.Server):
+    """uvicorn's server, leaving the signals to Ray (which stops the actor on SIGTERM)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (SO_REUSEADDR, as uvicorn binds). Raises OSError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, reuse_port=False, backlog=2048)

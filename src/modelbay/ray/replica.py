@@ -15,15 +15,15 @@ import asyncio
 import contextlib
 import gc
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import msgspec
-import numpy as np
 import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from modelbay.errors import ModelbayError
+from modelbay.errors import DeadlineExceeded, ModelbayError
 from modelbay.loading import load_model
 from modelbay.metrics import Metrics
 from modelbay.ray.metrics import PUSH_S
@@ -64,22 +64,31 @@ class ModelReplica:
     def _depth(self) -> float:
         return float(self.model.batcher.queue_depth)
 
-    async def infer(
-        self, inputs: dict[str, np.ndarray]
-    ) -> tuple[dict[str, np.ndarray], bool] | ModelbayError:
-        """One OIP request's named input tensors -> its named output tensors, and whether they are
-        the model's default output (steps.infer); or the ModelbayError it failed with, returned
-        rather than raised (Serve would log a raised one with its traceback, even a client's 400)."""
-        try:
-            return await steps.infer(self.model, inputs)
-        except ModelbayError as exc:
-            return exc
+    async def serve_many(self, calls: list[tuple[str, Any, float | None]]) -> list[Any]:
+        """The requests of one call from the front (modelbay.ray.remote), each submitted on its own
+        and answered as it would be alone; returns their answers in order.
 
-    async def predict(self, examples: list[Any]) -> tuple[list[Any], list[int]] | ModelbayError:
-        """The simple door: one prediction per example (bytes or a JSON value), and the indices of
-        those that are the default output (steps.predict); or its ModelbayError, as `infer`."""
+        calls: (method, payload, remaining_s) per request: method "infer" with an OIP request's
+               named input tensors (answered by (named output tensors, whether they are the model's
+               default output), steps.infer), or "predict" with the simple door's examples
+               (answered by (one prediction per example, the indices of default outputs),
+               steps.predict); remaining_s: what its deadline leaves (None: none), past which it
+               leaves the batcher's queue and is answered DeadlineExceeded.
+        A request that fails is answered by its ModelbayError, returned rather than raised (Serve
+        would log a raised one with its traceback, even a client's 400, and fail the others).
+        """
+        return list(await asyncio.gather(*(self._serve(*call) for call in calls)))
+
+    async def _serve(self, method: str, payload: Any, remaining_s: float | None) -> Any:
+        work: Awaitable[Any]
+        if method == "infer":
+            work = steps.infer(self.model, payload)
+        else:
+            work = steps.predict(self.model, payload, self.fetcher, _ignore)
         try:
-            return await steps.predict(self.model, examples, self.fetcher, _ignore)
+            return await asyncio.wait_for(work, remaining_s)
+        except TimeoutError:
+            return DeadlineExceeded(f"model {self.model.name!r} did not answer within the request's deadline")
         except ModelbayError as exc:
             return exc
 
