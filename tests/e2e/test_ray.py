@@ -275,6 +275,9 @@ def test_a_replica_killed_under_load_is_replaced(
     on_ray: OnRay, held_out: tuple[np.ndarray, np.ndarray]
 ) -> None:
     import ray
+    from ray import serve
+
+    from modelbay.ray.autoscaling import HELD
 
     load = Load(*held_out, on_ray.url)
     threads = [threading.Thread(target=load.run, args=(seed,), daemon=True) for seed in range(LOADERS)]
@@ -282,6 +285,13 @@ def test_a_replica_killed_under_load_is_replaced(
         thread.start()
     try:
         wait_for(lambda: len(load.answered) >= 50, 30, "50 answers before the kill")
+        # What Serve's autoscaling reads (modelbay.ray.autoscaling): the requests a replica holds.
+        handle = serve.get_deployment_handle("digits:1", app_name="modelbay")
+        wait_for(
+            lambda: handle.record_autoscaling_stats.remote().result(timeout_s=10)[HELD] > 0,
+            30,
+            "a replica reporting the requests it holds",
+        )
         victim = sorted(replicas())[0]
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
         killed_at = time.monotonic()
@@ -307,12 +317,18 @@ def test_a_replica_killed_under_load_is_replaced(
 
 
 def test_stopping_deletes_the_application(on_ray: OnRay) -> None:
-    from ray import serve
+    import ray
 
     on_ray.served.process.send_signal(signal.SIGTERM)
     assert on_ray.served.process.wait(timeout=90) == 0, on_ray.served.log()
-    assert "modelbay" not in serve.status().applications
     wait_for(lambda: not replicas(), 30, "the replicas gone")
+
+    # modelbay started Serve on this cluster, so it shut Serve down too: no controller is left.
+    def serve_gone() -> bool:
+        actors = ray._private.state.actors().values()
+        return not any(a["Name"] == "SERVE_CONTROLLER_ACTOR" and a["State"] == "ALIVE" for a in actors)
+
+    wait_for(serve_gone, 30, "Serve's controller gone")
 
 
 def test_serve_run_of_a_config_file_builds_the_same_application(

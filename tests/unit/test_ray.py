@@ -6,6 +6,7 @@ tests/e2e/test_ray.py runs all of it on a real two-node Ray cluster.
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import msgspec
@@ -63,6 +64,7 @@ def test_deployment_options_of_a_version() -> None:
         "initial_replicas": 1,
         "max_replicas": 4,
         "target_ongoing_requests": 16.0,  # a full batch per replica
+        "policy": {"policy_function": "modelbay.ray.autoscaling:requests_held_policy"},
     }
     targeted = model_deployment_options(config, RayOptions(autoscale="1:8", target_ongoing_requests=32))
     assert targeted["autoscaling_config"]["target_ongoing_requests"] == 32
@@ -149,3 +151,51 @@ def test_serve_refuses_bad_ray_flags_in_one_line(
     assert main(["serve", str(ONNX), *flags]) == 2
     err = capsys.readouterr().err
     assert said in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_autoscaling_counts_the_requests_replicas_hold_not_calls() -> None:
+    """Serve's own policy wrapper (bounds, delays) around modelbay's, on a real Serve config."""
+    with warnings.catch_warnings():  # Ray Serve's own pydantic models use deprecated Field keywords
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ray.serve._private.autoscaling_state import (
+            _apply_autoscaling_config,
+            _resolve_policy_callable,
+        )
+        from ray.serve._private.common import DeploymentID, ReplicaID
+        from ray.serve.config import AutoscalingConfig, AutoscalingContext
+
+        from modelbay.ray.autoscaling import HELD
+
+    config = ModelConfig(name="digits", version="1", batching=BatchingConfig(max_batch_size=16))
+    options = model_deployment_options(config, RayOptions(autoscale="1:8"))["autoscaling_config"]
+    serve_config = AutoscalingConfig(**options, upscale_delay_s=0, downscale_delay_s=0)
+    policy = _apply_autoscaling_config(_resolve_policy_callable(serve_config.policy))
+    deployment = DeploymentID(name="digits:1", app_name="modelbay")
+    ids = [ReplicaID(f"r{i}", deployment) for i in range(2)]
+
+    def decide(held: dict[ReplicaID, float] | None, calls: float) -> int:
+        context = AutoscalingContext(
+            deployment_id=deployment,
+            deployment_name="digits:1",
+            app_name="modelbay",
+            current_num_replicas=2,
+            target_num_replicas=2,
+            running_replicas=ids,
+            total_num_requests=calls,  # Serve's count: calls from the front
+            total_queued_requests=0.0,
+            aggregated_metrics=None if held is None else {HELD: held},
+            raw_metrics=None,
+            capacity_adjusted_min_replicas=1,
+            capacity_adjusted_max_replicas=8,
+            policy_state={},
+            last_scale_up_time=None,
+            last_scale_down_time=None,
+            current_time=1000.0,
+            config=serve_config,
+        )
+        return policy(context)[0]
+
+    # Four calls carrying 96 requests: 96 / 16 = 6 replicas (Serve's count alone would say 1).
+    assert decide({ids[0]: 50.0, ids[1]: 46.0}, calls=4) == 6
+    assert decide({ids[0]: 4.0, ids[1]: 0.0}, calls=1) == 1  # a quarter of one replica's target
+    assert decide(None, calls=64) == 4  # before the replicas report: Serve's own count

@@ -15,6 +15,8 @@ from modelbay.errors import ModelLoadError
 from modelbay.registry.repository import ModelRepository
 from modelbay.settings import ModelConfig, Settings
 
+# modelbay.ray.autoscaling.POLICY, named here: that module imports Ray.
+AUTOSCALING_POLICY = "modelbay.ray.autoscaling:requests_held_policy"
 # The application's name on the cluster (`serve status`, `serve.delete`), unless told otherwise.
 APP_NAME = "modelbay"
 # Every deployment of the application: Serve's line per call is off, the front writes modelbay's
@@ -29,10 +31,11 @@ class RayOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     replicas:  replicas per model version (Serve's `num_replicas`), when not autoscaling.
     autoscale: "MIN:MAX" replicas per model version: Serve's `autoscaling_config` (min_replicas,
                max_replicas) instead of a fixed count.
-    target_ongoing_requests: with `autoscale`, the requests in flight per replica Serve scales
-               towards; None: the model's `max_batch_size` (a replica is at its target when it holds
-               one full batch: modelbay's batcher wants requests queued to batch them, so Serve's
-               default of 2 would add replicas before batches form).
+    target_ongoing_requests: with `autoscale`, the requests each replica holds (queued in its
+               batcher or in a batch) that Serve scales towards (modelbay.ray.autoscaling); None:
+               the model's `max_batch_size` (a replica is at its target when it holds one full
+               batch: modelbay's batcher wants requests queued to batch them, so Serve's default
+               of 2 would add replicas before batches form).
     num_cpus, num_gpus: Ray resources each replica holds (`ray_actor_options`); fractions allowed.
     name:      the Serve application's name.
     """
@@ -90,9 +93,11 @@ def deployment_name(config: ModelConfig) -> str:
 def model_deployment_options(config: ModelConfig, options: RayOptions) -> dict[str, Any]:
     """`Deployment.options(...)` keywords for one model version.
 
-    Each replica may hold `max_queue_size` requests (Serve's `max_ongoing_requests`; its default
-    of 5 would starve the batcher), and each caller queues at most that many more before Serve
-    refuses (`max_queued_requests`: the front answers 503 Overloaded, as modelbay's full queue does).
+    Serve counts calls from the front, each carrying one or more requests (modelbay.ray.remote):
+    each replica may hold `max_queue_size` calls (Serve's `max_ongoing_requests`; its default of 5
+    would starve the batcher) and each caller queue at most that many more before Serve refuses
+    (`max_queued_requests`: the front answers 503 Overloaded); the replica's batcher bounds the
+    requests it holds to `max_queue_size` too, answering 503 past it, as on one machine.
     """
     batching = config.batching
     scaling: dict[str, Any]
@@ -105,6 +110,8 @@ def model_deployment_options(config: ModelConfig, options: RayOptions) -> dict[s
                 "initial_replicas": max(least, 1),
                 "max_replicas": most,
                 "target_ongoing_requests": target,
+                # counted in requests the replicas hold, not in calls (modelbay.ray.autoscaling)
+                "policy": {"policy_function": AUTOSCALING_POLICY},
             }
         }
     else:

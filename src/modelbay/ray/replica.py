@@ -26,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 from modelbay.errors import DeadlineExceeded, ModelbayError
 from modelbay.loading import load_model
 from modelbay.metrics import Metrics
+from modelbay.ray.autoscaling import HELD
 from modelbay.ray.metrics import PUSH_S
 from modelbay.registry.manager import build_served_model
 from modelbay.runtime import steps
@@ -54,6 +55,7 @@ class ModelReplica:
         self.model.batcher.observer = self.model.metrics
         self.fetcher = UrlFetcher()  # never fetches: the front resolved the URLs
         self._board = board
+        self._held = 0  # requests between serve_many's start and their answer
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._pushing = asyncio.get_running_loop().create_task(self._push_metrics())
         # What was loaded lives as long as the replica: keep the cyclic GC from walking it again
@@ -85,12 +87,20 @@ class ModelReplica:
             work = steps.infer(self.model, payload)
         else:
             work = steps.predict(self.model, payload, self.fetcher, _ignore)
+        self._held += 1
         try:
             return await asyncio.wait_for(work, remaining_s)
         except TimeoutError:
             return DeadlineExceeded(f"model {self.model.name!r} did not answer within the request's deadline")
         except ModelbayError as exc:
             return exc
+        finally:
+            self._held -= 1
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics, read every few seconds: the requests this
+        replica holds now, which modelbay.ray.autoscaling scales on."""
+        return {HELD: float(self._held)}
 
     def describe(self) -> dict[str, Any]:
         """What the front shows as OIP model metadata, and where this replica runs.
