@@ -87,6 +87,21 @@ def test_onnx_names_come_from_the_graph(tiny_files: dict[str, Path]) -> None:
     ]
 
 
+def test_onnx_threads_follow_omp_num_threads(
+    tiny_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ray replica with num_cpus=1 gets OMP_NUM_THREADS=1 from Ray: one thread per operator,
+    not one per physical core; unset (or not a count), onnxruntime's default (0: its own choice)."""
+    from modelbay.loading.onnx import OnnxRunner
+
+    for value, threads in (("1", 1), ("3", 3), ("", 0), ("auto", 0)):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        runner = OnnxRunner(tiny_files["onnx"])
+        assert runner.session.get_session_options().intra_op_num_threads == threads
+        x = np.ones((2, 4), np.float32)
+        assert runner([x])[0].shape == (2, 3)
+
+
 def test_state_dict_without_arch_says_what_it_holds(tiny_files: dict[str, Path]) -> None:
     with pytest.raises(ModelLoadError) as err:
         load_model({"path": str(tiny_files["state_dict"])})
