@@ -1,6 +1,6 @@
 """modelbay on Ray (1 and 2 replicas) vs modelbay alone vs a plain Ray Serve deployment, one run.
 
-    python benchmarks/on_ray.py                 # ~4 minutes; needs modelbay[ray]
+    python benchmarks/on_ray.py                 # ~3 minutes; needs modelbay[ray]
 
 The digits ONNX model (examples/digits/artifacts/digits.onnx), one scan per OIP JSON request, driven
 by modelbay's own closed-loop load generator (modelbay.bench.load.measure: 32 keep-alive
@@ -11,9 +11,12 @@ connections) against, in turn:
     (`@serve.deployment` + `@serve.batch`, `await request.json()`, onnxruntime), N = 1 and 2,
     with the same batch limit (32) and no batch wait (modelbay's defaults).
 The Ray runs share one local Ray node (2 logical CPUs, no dashboard) started by this script in a
-temporary Ray folder on 127.0.0.1, and Serve's HTTP proxy. The machine has 2 cores: the load
-generator, Serve's proxy, modelbay's front and the replicas all share them, so this measures what
-each layer costs per request rather than what more nodes would add. Prints one markdown table.
+temporary Ray folder on 127.0.0.1. modelbay's front answers HTTP itself on the head node and calls
+the replicas through Serve handles (one Serve hop; Serve's proxies off, requests reaching a version
+in one event-loop turn sent in one call); the plain deployment is reached through Serve's HTTP proxy,
+its only door. The machine has 2 cores: the load generator, the proxy or front and the replicas all
+share them, so this measures what each layer costs per request rather than what more nodes would
+add. Prints one markdown table.
 (Named on_ray.py: a ray.py here would shadow the ray package for scripts run from this folder.)
 """
 
@@ -175,7 +178,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="mbbench") as tmp, ray_node(Path(tmp)) as address:
         env = {**LOOPBACK, "RAY_TMPDIR": tmp}
-        port = run.free_port()  # Serve's proxy keeps the port of its first start
+        port = run.free_port()
         for replicas in (1, 2):
             command = run.modelbay_command(
                 ONNX, port, "--ray", address, "--replicas", str(replicas), "--num-cpus", "1"
