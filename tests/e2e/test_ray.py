@@ -5,14 +5,15 @@ ports, one CPU each) on loopback, in a temporary Ray folder of their own. On Lin
 127.0.0.1 with the host's address when a node or a driver joins; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 (read when ray is imported, hence the late imports) keeps every node and driver on 127.0.0.1.
 `modelbay serve --ray` starts Serve with no HTTP proxy: its front answers HTTP itself on a free
-loopback port of the head node; `serve run` of a config file puts Serve's proxy in front.
+loopback port of the head node; `serve deploy` of a config file puts Serve's proxy in front.
 
 The real `modelbay serve REPOSITORY --ray ADDRESS --replicas 2` deploys the digits ONNX model with
 one CPU per replica: Serve must put one replica on each node. Real clients (tritonclient HTTP and
 gRPC, modelbay's Client) get what onnxruntime gives on held-out scans; /metrics sums both
 replicas' batches; a replica killed under load is replaced, and only requests in flight on it
-fail. `serve run` of a Serve config file naming `modelbay.ray:app` deploys the same. Everything started is
-stopped, even on failure; every wait is bounded.
+fail. `serve deploy` of a Serve config file naming `modelbay.ray:app` (through Ray's dashboard,
+which the head node runs) deploys the same. Everything started is stopped, even on failure; every
+wait is bounded.
 """
 
 from __future__ import annotations
@@ -44,9 +45,15 @@ from sklearn.datasets import load_digits
 
 from modelbay.client import Client
 from modelbay.errors import InferenceFailed, InvalidInput
-from tests.conftest import DIGITS, Served, free_port, sample, serve_process
+from tests.conftest import DIGITS, Served, free_port, sample, serve_process, stop
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    # Ray leaves its Ray Client server's log files open when it starts that server (ray/_private/node.py)
+    pytest.mark.filterwarnings(
+        "ignore:Exception ignored in.*ray_client_server:pytest.PytestUnraisableExceptionWarning"
+    ),
+]
 
 ONNX = DIGITS / "artifacts" / "digits.onnx"
 REPLICA = "SERVE_REPLICA::modelbay#digits:1#"  # Serve's actor name of a replica of digits version 1
@@ -60,6 +67,8 @@ class RayCluster:
     address: str
     nodes: list[str]
     environ: dict[str, str]
+    dashboard: str  # Ray's dashboard (its REST API serves `serve deploy`)
+    client: str  # the head's Ray Client server, ray://HOST:PORT
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +86,22 @@ def cluster() -> Iterator[RayCluster]:
     started = None
     try:
         loopback = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
-        started = Cluster(initialize_head=True, head_node_args={**loopback, "include_dashboard": False})
+        dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port()}
+        client_port = free_port()
+        head = {**loopback, **dashboard, "ray_client_server_port": client_port}
+        started = Cluster(initialize_head=True, head_node_args=head)
         started.add_node(**loopback)
         started.wait_for_nodes(timeout=60)
         ray.init(address=started.address, logging_level="ERROR", log_to_driver=False)
         nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
-        head = [node["NodeID"] for node in ray.nodes() if "node:__internal_head__" in node["Resources"]]
-        yield RayCluster(started.address, sorted(nodes, key=lambda n: n not in head), dict(environ))
+        heads = [node["NodeID"] for node in ray.nodes() if "node:__internal_head__" in node["Resources"]]
+        yield RayCluster(
+            started.address,
+            sorted(nodes, key=lambda n: n not in heads),
+            dict(environ),
+            f"http://127.0.0.1:{dashboard['dashboard_port']}",
+            f"ray://127.0.0.1:{client_port}",
+        )
     finally:
         ray.shutdown()
         if started is not None:
@@ -331,17 +349,17 @@ def test_stopping_deletes_the_application(on_ray: OnRay) -> None:
     wait_for(serve_gone, 30, "Serve's controller gone")
 
 
-def test_serve_run_of_a_config_file_builds_the_same_application(
+def test_serve_deploy_of_a_config_file_builds_the_same_application(
     cluster: RayCluster,
     repository: Path,
     held_out: tuple[np.ndarray, np.ndarray],
     on_ray: OnRay,
     tmp_path: Path,
 ) -> None:
-    """Ray's own way: `serve run` of a Serve config file naming `import_path: modelbay.ray:app`,
-    with no `port` argument, so the front is the ingress behind Serve's HTTP proxy (on the port of
-    the file's http_options). After `modelbay serve --ray` stopped: it shut down the Serve it
-    started, so this one starts with the file's options."""
+    """Ray's own way: `serve deploy` of a Serve config file naming `import_path: modelbay.ray:app`
+    (through Ray's dashboard), with no `port` argument, so the front is the ingress behind Serve's
+    HTTP proxy (on the port of the file's http_options). After `modelbay serve --ray` stopped: it
+    shut down the Serve it started, so this one starts with the file's options."""
     images, expected = held_out
     port = free_port()
     config = {
@@ -357,28 +375,58 @@ def test_serve_run_of_a_config_file_builds_the_same_application(
         ],
     }
     (tmp_path / "modelbay-serve.yaml").write_text(yaml.safe_dump(config))
-    command = [str(Path(sys.executable).parent / "serve"), "run", "--address", cluster.address]
+    serve_cli = [str(Path(sys.executable).parent / "serve")]
+    dashboard = ["--address", cluster.dashboard]
     url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen(
-            [*command, str(tmp_path / "modelbay-serve.yaml")], stdout=output, stderr=subprocess.STDOUT
+    try:
+        deployed = subprocess.run(
+            [*serve_cli, "deploy", *dashboard, str(tmp_path / "modelbay-serve.yaml")],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        wait_for(lambda: _ready(url), 180, "the deployed application ready")
+        with Client(url) as client:
+            np.testing.assert_allclose(client.infer("digits", images[:4])["logits"], expected[:4], atol=1e-5)
+            predictions = client.predict("digits", images[4].tolist())  # the simple door
+            np.testing.assert_allclose(np.asarray(predictions), expected[4], atol=1e-5)
+    finally:
+        subprocess.run([*serve_cli, "shutdown", "--yes", *dashboard], capture_output=True, timeout=120)
+    wait_for(lambda: not replicas(), 60, "the replicas gone")
+
+
+def test_through_ray_client(
+    cluster: RayCluster, repository: Path, held_out: tuple[np.ndarray, np.ndarray], on_ray: OnRay
+) -> None:
+    """`--ray ray://HOST:PORT`: deployed through the head's Ray Client server, as from a laptop
+    outside the cluster; the front still answers on the head node."""
+    images, expected = held_out
+    args = ["--ray", cluster.client, "--replicas", "1", "--num-cpus", "0.5"]
+    with serve_process(str(repository), *args, timeout_s=180) as served, Client(served.url) as client:
+        np.testing.assert_allclose(client.infer("digits", images[:8])["logits"], expected[:8], atol=1e-5)
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=90) == 0, served.log()
+    wait_for(lambda: not replicas(), 60, "the replicas gone")
+
+
+def test_a_signal_while_deploying_deletes_what_was_deployed(cluster: RayCluster, repository: Path) -> None:
+    """Three replicas of one CPU each on a cluster of two CPUs: the third is never placed, so the
+    deploy waits; Ctrl-C or SIGTERM then deletes what was deployed rather than leave it running."""
+    command = [str(Path(sys.executable).parent / "modelbay"), "serve", str(repository)]
+    command += ["--port", str(free_port()), "--ray", cluster.address, "--replicas", "3", "--num-cpus", "1"]
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         try:
-            wait_for(lambda: _ready(url) or process.poll() is not None, 180, "serve run ready")
-            assert process.poll() is None, _read(output)
-            with Client(url) as client:
-                np.testing.assert_allclose(
-                    client.infer("digits", images[:4])["logits"], expected[:4], atol=1e-5
-                )
-                predictions = client.predict("digits", images[4].tolist())  # the simple door
-                np.testing.assert_allclose(np.asarray(predictions), expected[4], atol=1e-5)
-            process.send_signal(signal.SIGINT)  # serve run then shuts Serve down, applications and all
-            process.wait(timeout=90)
-            wait_for(lambda: not replicas(), 30, "the replicas gone")
+            wait_for(lambda: len(replicas()) == 2 or process.poll() is not None, 120, "two replicas placed")
+            assert process.poll() is None
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=90) == 0
+            log = _read(output)
+            assert "stopped while deploying" in log and "serving on" not in log, log
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            stop(process)
+    wait_for(lambda: not replicas(), 60, "the replicas gone")
 
 
 def _ready(url: str) -> bool:

@@ -79,19 +79,21 @@ def serve(settings: Settings, options: RayOptions, address: str) -> int:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         return _refuse(f"no Ray cluster answers at {address}: {exc}")
     started_serve = _serve_absent(ray_serve)
+    stop = _ExitSignals()  # after ray.init, which installs a SIGTERM handler of its own
     try:
         # The front answers HTTP itself (modelbay.ray.front.HttpFront): no Serve proxy is needed.
         # A Serve already running on the cluster keeps its own proxies.
         ray_serve.start(proxy_location="Disabled")
         ray_serve.run(application, name=options.name, route_prefix=None)
+        stop.interrupting = False
+        print(f"modelbay: {_serving(settings, options)}", file=sys.stderr, flush=True)
+        stop.wait()
+    except _Stopped:  # a signal while deploying: undo what was deployed so far
+        print("modelbay: stopped while deploying", file=sys.stderr, flush=True)
     except Exception as exc:  # Serve's deploy failures are RuntimeErrors and its own classes
-        _end(ray_serve, options.name, started_serve)
-        ray.shutdown()
         return _refuse(f"the application did not deploy: {_first_line(exc)}")
-    print(f"modelbay: {_serving(settings, options)}", file=sys.stderr, flush=True)
-    try:
-        _wait_for_exit_signal()
     finally:
+        stop.interrupting = False  # a second signal must not cut the clean-up short
         _end(ray_serve, options.name, started_serve)
         ray.shutdown()
     return 0
@@ -106,16 +108,29 @@ def _serving(settings: Settings, options: RayOptions) -> str:
     return f"serving on {where}: Ray Serve application {options.name!r}, {count} replica(s) per model version"
 
 
-def _wait_for_exit_signal() -> None:
-    stop = threading.Event()
+class _Stopped(Exception):
+    """SIGINT or SIGTERM came while the application was deploying."""
 
-    def handler(signum: int, frame: Any) -> None:
-        stop.set()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, handler)
-    while not stop.wait(1.0):
-        pass
+class _ExitSignals:
+    """SIGINT and SIGTERM end `serve`: while `interrupting` (deploying) they raise _Stopped, so
+    what was deployed is deleted (Ray's own SIGTERM handler would exit at once and leave the
+    application on the cluster); then they end `wait`."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self.interrupting = True
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self._stop.set()
+        if self.interrupting:
+            raise _Stopped
+
+    def wait(self) -> None:
+        while not self._stop.wait(1.0):
+            pass
 
 
 def _serve_absent(ray_serve: Any) -> bool:
