@@ -8,7 +8,8 @@ ports, one CPU each) on loopback, in a temporary Ray folder of their own. On Lin
 loopback port of the head node; `serve deploy` of a config file puts Serve's proxy in front.
 
 The real `modelbay serve REPOSITORY --ray ADDRESS --replicas 2` deploys the digits ONNX model with
-one CPU per replica: Serve must put one replica on each node. Real clients (tritonclient HTTP and
+half a CPU per replica (room for a second version loaded through the API), and Serve spreads a
+deployment's replicas over the nodes: one on each. Real clients (tritonclient HTTP and
 gRPC, modelbay's Client) get what onnxruntime gives on held-out scans; /metrics sums both
 replicas' batches; a replica killed under load is replaced, and only requests in flight on it
 fail. `serve deploy` of a Serve config file naming `modelbay.ray:app` (through Ray's dashboard,
@@ -56,7 +57,7 @@ pytestmark = [
 ]
 
 ONNX = DIGITS / "artifacts" / "digits.onnx"
-REPLICA = "SERVE_REPLICA::modelbay#digits:1#"  # Serve's actor name of a replica of digits version 1
+REPLICA = "SERVE_REPLICA::modelbay"  # how Serve's actor names of the application's replicas start
 LOADERS = 6  # client threads of the kill test: at most this many requests are in flight at once
 
 
@@ -137,7 +138,7 @@ class OnRay:
 @pytest.fixture(scope="module")
 def on_ray(cluster: RayCluster, repository: Path) -> Iterator[OnRay]:
     grpc_port = free_port()
-    args = ["--ray", cluster.address, "--replicas", "2", "--num-cpus", "1", "--grpc-port", str(grpc_port)]
+    args = ["--ray", cluster.address, "--replicas", "2", "--num-cpus", "0.5", "--grpc-port", str(grpc_port)]
     with serve_process(str(repository), *args, timeout_s=180) as served:
         yield OnRay(served, f"127.0.0.1:{grpc_port}")
 
@@ -151,15 +152,18 @@ def held_out() -> tuple[np.ndarray, np.ndarray]:
     return images, session.run(None, {"image": images})[0]
 
 
-def replicas() -> dict[str, str]:
-    """The live replicas of digits version 1: Ray actor name -> the id of the node it runs on."""
+def replicas(version: str = "1") -> dict[str, str]:
+    """The live replicas of a digits version: Ray actor name -> the id of the node it runs on.
+    Serve names them SERVE_REPLICA::APP#DEPLOYMENT#ID: APP is "modelbay:digits:1" for a version the
+    front deployed, "modelbay" for one a config file declared; the deployment is "digits:1"."""
     import ray
 
     actors = ray._private.state.actors().values()  # the GCS' actor table (no dashboard needed)
     return {
         actor["Name"]: actor["Address"]["NodeID"]
         for actor in actors
-        if actor["Name"].startswith(REPLICA) and actor["State"] == "ALIVE"
+        if actor["Name"].startswith(REPLICA) and f"#digits:{version}#" in actor["Name"]
+        if actor["State"] == "ALIVE"
     }
 
 
@@ -251,14 +255,35 @@ def test_metrics_add_up_both_replicas(on_ray: OnRay, held_out: tuple[np.ndarray,
     assert sample(text, "modelbay_queue_depth", **labels) == 0
 
 
-def test_management_on_the_cluster(on_ray: OnRay) -> None:
-    with Client(on_ray.url) as client:
+def test_management_on_the_cluster(
+    on_ray: OnRay, repository: Path, held_out: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """A version dropped into the repository and loaded through the API runs as a Serve
+    application of its own, on both nodes, and answers; removed and loaded again, its application
+    is deleted; version 1 answers throughout."""
+    images, expected = held_out
+    with Client(on_ray.url, timeout_s=300) as client:
         assert client.repository_index() == [
             {"name": "digits", "version": "1", "state": "READY", "reason": ""}
         ]
+        shutil.copytree(repository / "digits" / "1", repository / "digits" / "2")
+        client.load_model("digits")
+        assert [(row["version"], row["state"]) for row in client.repository_index()] == [
+            ("1", "READY"),
+            ("2", "READY"),
+        ]
+        assert len(replicas("2")) == 2 and len(replicas("1")) == 2
+        for version in ("1", "2"):
+            logits = client.infer("digits", images[:8], version=version)["logits"]
+            np.testing.assert_allclose(logits, expected[:8], atol=1e-5)
         assert client.set_default_version("digits", "1") == "1"
-        with pytest.raises(InvalidInput, match="deploy it again"):
-            client.load_model("digits")
+        shutil.rmtree(repository / "digits" / "2")
+        client.load_model("digits")
+        assert [(row["version"], row["state"]) for row in client.repository_index(ready=True)] == [
+            ("1", "READY")
+        ]
+        wait_for(lambda: not replicas("2"), 60, "version 2's replicas gone")
+        np.testing.assert_allclose(client.infer("digits", images[:8])["logits"], expected[:8], atol=1e-5)
 
 
 @dataclass
@@ -304,7 +329,7 @@ def test_a_replica_killed_under_load_is_replaced(
     try:
         wait_for(lambda: len(load.answered) >= 50, 30, "50 answers before the kill")
         # What Serve's autoscaling reads (modelbay.ray.autoscaling): the requests a replica holds.
-        handle = serve.get_deployment_handle("digits:1", app_name="modelbay")
+        handle = serve.get_deployment_handle("digits:1", app_name="modelbay:digits:1")
         wait_for(
             lambda: handle.record_autoscaling_stats.remote().result(timeout_s=10)[HELD] > 0,
             30,

@@ -34,11 +34,17 @@ HEAD_NODE = "node:__internal_head__"
 SETTINGS_ARGS = ("host", "port", "grpc_port", "max_body_bytes", "auth", "model_control_mode", "access_log")
 
 
-def build_app(settings: Settings, options: RayOptions, own_http: bool = True) -> Application:
+def build_app(
+    settings: Settings, options: RayOptions, own_http: bool = True, managed: bool = False
+) -> Application:
     """The Serve application serving every model of `settings` (its `models` and those of its
     `model_repository`, as found now), each version with the replicas and resources of `options`.
     own_http: the front answers HTTP itself on `settings.host:settings.port` of the head node;
               False: Serve's HTTP proxy does, and passes requests to the front (an ingress).
+    managed:  the front deploys each version as a Serve application of its own, at start and on
+              each load through the API (`modelbay serve --ray`); False: the versions are
+              deployments of this application, as a Serve config file declares it, and the API
+              cannot load or unload (modelbay.ray.front).
 
     Model files are read by the replicas, on whichever node Serve places them: their paths must
     exist there too (a shared file system, or the same files on every node).
@@ -50,11 +56,14 @@ def build_app(settings: Settings, options: RayOptions, own_http: bool = True) ->
         name="modelbay-metrics", num_replicas=1, ray_actor_options={"num_cpus": 0}, logging_config=QUIET_LOGS
     )
     board_app = board(MetricsBoard).bind()
-    models = []
+    models: list[tuple[dict[str, Any], Any]] = []
     for config in configs:
         fields = msgspec.to_builtins(config)
-        replica = serve.deployment(**model_deployment_options(config, options))(ModelReplica)
-        models.append((fields, replica.bind(fields, board_app)))
+        if managed:
+            models.append((fields, None))
+        else:
+            replica = serve.deployment(**model_deployment_options(config, options))(ModelReplica)
+            models.append((fields, replica.bind(fields, board_app)))
     front = serve.deployment(
         name="modelbay-front",
         num_replicas=1,
@@ -63,7 +72,8 @@ def build_app(settings: Settings, options: RayOptions, own_http: bool = True) ->
         logging_config=QUIET_LOGS,
     )(HttpFront if own_http else serve.ingress()(Front))
     front_settings = msgspec.to_builtins(msgspec.structs.replace(settings, models=[]))
-    return front.bind(front_settings, models, board_app)
+    deploying = (options.name, msgspec.to_builtins(options)) if managed else None
+    return front.bind(front_settings, models, board_app, deploying)
 
 
 def app(args: dict[str, Any]) -> Application:

@@ -71,7 +71,7 @@ def serve(settings: Settings, options: RayOptions, address: str) -> int:
     except ImportError as exc:
         return _refuse(f"--ray needs Ray Serve: pip install 'modelbay[ray]' ({exc})")
     try:
-        application = build_app(settings, options)
+        application = build_app(settings, options, managed=True)
     except ModelLoadError as exc:
         return _refuse(exc.message)
     try:
@@ -144,7 +144,9 @@ def _end(ray_serve: Any, name: str, started_serve: bool) -> None:
     """Delete the application and wait until its replicas are gone (their models closed); shut
     Serve down too when this command started it and no other application runs in it."""
     try:
-        ray_serve.delete(name)
+        ray_serve.delete(name)  # the front first: it stops taking requests
+        for version in [app for app in ray_serve.status().applications if app.startswith(f"{name}:")]:
+            ray_serve.delete(version)  # the versions the front deployed (modelbay.ray.front)
         if started_serve and not ray_serve.status().applications:
             ray_serve.shutdown()
     except Exception as exc:  # the cluster went away: nothing left to delete

@@ -10,10 +10,13 @@ modelbay.ray.app pins it there), over the same dataplane; Serve's gRPC proxy is 
 needs its own per-method deployment calls and an `application` metadata key that Triton's
 clients do not send).
 
-Management: the index lists the versions served; the default version and traffic policies are
-set here, in this front (one replica), as on one machine. Loading and unloading are refused with
-the way to do it on a cluster: deploy the application again, and Serve updates each changed
-deployment with a rolling update.
+Management: the index, the default version and traffic policies work here, in this front (one
+replica), as on one machine. Given Ray options (`modelbay serve --ray`), the front deploys each
+model version itself, as a Serve application of its own ("APP:NAME:VERSION", one deployment), at
+start and on each load through the API, and deletes it on unload: load, unload, upload and poll
+mode work as on one machine, a version replaced by its reload only once the new one answers
+(VersionDeployer). Without them (a Serve config file declares the application, versions bound
+into it), loading and unloading are refused with the way to do it there: deploy the config again.
 """
 
 from __future__ import annotations
@@ -23,21 +26,27 @@ import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import uvicorn
+from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 
 from modelbay.auth.access import Access
-from modelbay.errors import InvalidInput, ModelLoadError
+from modelbay.errors import InvalidInput, ModelbayError, ModelLoadError
 from modelbay.grpc.servicer import create_grpc_server
 from modelbay.http.app import ModelbayApp, create_app
+from modelbay.loading import LoadedModel
 from modelbay.ray.metrics import PUSH_S, ClusterMetrics
+from modelbay.ray.options import RayOptions, deployment_name, model_deployment_options
 from modelbay.ray.remote import RemoteModel
+from modelbay.ray.replica import ModelReplica
 from modelbay.registry.manager import ModelManager, ServerModels
-from modelbay.registry.registry import ModelRegistry
+from modelbay.registry.registry import ModelRegistry, ServedModel
+from modelbay.registry.repository import ModelRepository
 from modelbay.runtime.dataplane import Dataplane
 from modelbay.server import traces, uvicorn_config
 from modelbay.settings import ModelConfig, Settings
@@ -55,35 +64,139 @@ REDEPLOY = (
 
 class ClusterManager(ModelManager):
     """The model manager of the front: the index, the default version and traffic policies work
-    as on one machine; load and unload raise InvalidInput saying how to change models on Ray."""
+    as on one machine. With a `deployer`, so do load, unload, uploads and polling, each version a
+    Serve application the deployer runs; without, load and unload raise InvalidInput saying how to
+    change models on Ray."""
+
+    def __init__(self, *args: Any, deployer: VersionDeployer | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deployer = deployer
 
     async def load(
         self, name: str, config: Mapping[str, Any] | None = None, files: Mapping[str, bytes] | None = None
     ) -> None:
-        raise InvalidInput(f"cannot load model {name!r} through the API: {REDEPLOY}")
+        if self.deployer is None:
+            raise InvalidInput(f"cannot load model {name!r} through the API: {REDEPLOY}")
+        await super().load(name, config, files)
 
     async def unload(self, name: str) -> None:
-        raise InvalidInput(f"cannot unload model {name!r} through the API: {REDEPLOY}")
+        if self.deployer is None:
+            raise InvalidInput(f"cannot unload model {name!r} through the API: {REDEPLOY}")
+        await super().unload(name)
+
+    async def start(self, names: list[str]) -> None:
+        """Deploy every version of `names` (the server's start). Raises ModelLoadError."""
+        for name in names:
+            async with self._lock(name):
+                await self._sync(name)
+
+    async def _build_one(self, name: str, version: str, source: Any) -> ServedModel | str:
+        """Deploy one version (`source`: its ModelConfig) and stand in for it; or the reason it
+        failed (its row set, what was deployed of it deleted)."""
+        assert self.deployer is not None
+        log.info("deploying model %r version %s", name, version)
+        try:
+            model = await self.deployer.deploy(source)
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, ModelbayError) else f"{type(exc).__name__}: {exc}"
+            log.error("model %r version %s failed to deploy: %s", name, version, reason)
+            self._fail_or_keep(name, version, reason)
+            return reason
+        model.start()
+        self._dataplane.attach(model)
+        return model
+
+    async def _retire(self, model: ServedModel) -> None:
+        await super()._retire(model)  # its requests done (at most the drain timeout)
+        if self.deployer is not None:
+            await self.deployer.delete(model.name, model.version)
+
+
+class VersionDeployer:
+    """Runs model versions as Serve applications of their own, from the front.
+
+    app:     the front's application name; a version's is "APP:NAME:VERSION" (`version_app`).
+    options: the Ray options of every version's deployment (modelbay.ray.options).
+    board:   the application's MetricsBoard, which the versions' replicas push their metrics to.
+    """
+
+    def __init__(self, app: str, options: RayOptions, board: DeploymentHandle) -> None:
+        self.app = app
+        self.options = options
+        self.board = board
+
+    async def deploy(self, config: ModelConfig) -> RemoteModel:
+        """Run `config`'s version (`serve.run` of its application, in a thread: it blocks until
+        the replicas answer) and return its stand-in. Raises ModelLoadError when Serve reports the
+        deploy failed or no replica describes the model within DESCRIBE_TIMEOUT_S (say, no node
+        has the resources asked); what was deployed is then deleted."""
+        name = version_app(self.app, config.name or "model", config.version)
+        deployment = serve.deployment(**model_deployment_options(config, self.options))(ModelReplica)
+        application = deployment.bind(msgspec.to_builtins(config), self.board)
+        try:
+            run = asyncio.to_thread(serve.run, application, name=name, route_prefix=None)
+            await asyncio.wait_for(run, DESCRIBE_TIMEOUT_S)
+            handle = serve.get_deployment_handle(deployment_name(config), app_name=name)
+            description = await asyncio.wait_for(handle.describe.remote(), DESCRIBE_TIMEOUT_S)
+        except BaseException as exc:
+            await asyncio.shield(asyncio.to_thread(_delete, name))
+            if isinstance(exc, TimeoutError):
+                raise ModelLoadError(
+                    f"its replicas did not answer within {DESCRIBE_TIMEOUT_S:.0f} s (no node with the "
+                    "resources asked, or a model that takes longer to load)"
+                ) from None
+            if isinstance(exc, Exception):
+                raise ModelLoadError(f"Serve could not deploy it: {_first_line(exc)}") from None
+            raise
+        return RemoteModel.of(config, description, handle)
+
+    async def delete(self, name: str, version: str) -> None:
+        """Delete the version's application (Serve drains and stops its replicas)."""
+        await asyncio.to_thread(_delete, version_app(self.app, name, version))
+
+
+def version_app(app: str, name: str, version: str) -> str:
+    """The Serve application of one model version deployed by the front: "APP:NAME:VERSION"."""
+    return f"{app}:{name}:{version}"
+
+
+def _delete(name: str) -> None:
+    try:
+        serve.delete(name)
+    except Exception as exc:  # the cluster going away: nothing left to delete
+        log.warning("could not delete the Serve application %r: %s", name, _first_line(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 class Front:
     """The ingress deployment class (modelbay.ray.app wraps it with serve.ingress).
 
     settings: the server's Settings as builtins (its models list empty): body limits, API keys,
-              gRPC port and host, model control mode, drain time.
-    models:   (the version's ModelConfig as builtins, the handle of its deployment), per version.
+              gRPC port and host, model control mode, drain time, the model repository.
+    models:   (the version's ModelConfig as builtins, the handle of its deployment), per version;
+              with `options`, the handles are None: the front deploys the versions itself.
     board:    the application's MetricsBoard, read every PUSH_S seconds for /metrics.
+    options:  None, or (the application's name, RayOptions as builtins): the front runs each
+              version as an application of its own (VersionDeployer), loads and unloads too.
     """
 
     def __init__(
         self,
         settings: dict[str, Any],
-        models: list[tuple[dict[str, Any], DeploymentHandle]],
+        models: list[tuple[dict[str, Any], DeploymentHandle | None]],
         board: DeploymentHandle,
+        options: tuple[str, dict[str, Any]] | None = None,
     ) -> None:
         self.settings = msgspec.convert(settings, Settings)
         self._models = models
         self._board = board
+        self._deployer = None
+        if options is not None:
+            self._deployer = VersionDeployer(options[0], msgspec.convert(options[1], RayOptions), board)
         self.dataplane: Dataplane | None = None
 
     async def __serve_build_asgi_app__(self) -> ModelbayApp:
@@ -95,18 +208,36 @@ class Front:
         version's replicas do not describe their model within DESCRIBE_TIMEOUT_S."""
         settings = self.settings
         registry = ModelRegistry()
-        for (config, handle), description in zip(self._models, await self._describe(), strict=True):
-            registry.add(RemoteModel.of(msgspec.convert(config, ModelConfig), description, handle))
+        configs = [msgspec.convert(config, ModelConfig) for config, _ in self._models]
+        if self._deployer is None:
+            for config, handle, description in zip(
+                configs, [handle for _, handle in self._models], await self._describe(), strict=True
+            ):
+                assert handle is not None
+                registry.add(RemoteModel.of(config, description, handle))
         metrics = ClusterMetrics()
         dataplane = self.dataplane = Dataplane(registry, metrics, tracing=traces(settings))
-        dataplane.manager = ClusterManager(
+        repository = None
+        if self._deployer is not None and settings.model_repository is not None:
+            repository = ModelRepository(Path(settings.model_repository), settings.model_overrides)
+        in_repository = set(repository.names()) if repository is not None else set()
+        sources: dict[str, dict[str, LoadedModel | ModelConfig]] = {}
+        for config in configs:
+            if config.name not in in_repository:
+                sources.setdefault(config.name or "model", {})[config.version] = config
+        names = sorted({config.name or "model" for config in configs})
+        polled = {name: repository.fingerprints(name) for name in in_repository} if repository else None
+        manager = dataplane.manager = ClusterManager(
             registry,
             dataplane,
-            ServerModels({}, {}, None),
+            ServerModels(sources, {}, repository, polled),
             settings.graceful_timeout_s,
             mode=settings.model_control_mode,
             max_upload_bytes=settings.max_upload_bytes,
+            deployer=self._deployer,
         )
+        if self._deployer is not None:
+            await manager.start(names)
         access = Access.from_file(settings.auth, health=settings.auth_health) if settings.auth else None
         lifespan = self._lifespan(dataplane, metrics, access)
         return create_app(
@@ -119,7 +250,7 @@ class Front:
 
     async def _describe(self) -> list[dict[str, Any]]:
         """ModelReplica.describe() of one replica of each version, in `models` order."""
-        calls = [handle.describe.remote() for _, handle in self._models]
+        calls = [handle.describe.remote() for _, handle in self._models if handle is not None]
         try:
             described = await asyncio.wait_for(asyncio.gather(*calls), DESCRIBE_TIMEOUT_S)
         except TimeoutError:
@@ -144,6 +275,14 @@ class Front:
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
             await dataplane.start()
             tasks = [asyncio.create_task(pull_metrics())]
+            manager = dataplane.manager
+            if (
+                settings.model_control_mode == "poll"
+                and isinstance(manager, ClusterManager)
+                and manager.deployer is not None
+                and manager.repository is not None
+            ):
+                tasks.append(asyncio.create_task(manager.poll(settings.repository_poll_s)))
             if access is not None:
                 tasks.append(asyncio.create_task(access.watch()))
             grpc_server = None
@@ -176,10 +315,11 @@ class HttpFront(Front):
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
         settings: dict[str, Any],
-        models: list[tuple[dict[str, Any], DeploymentHandle]],
+        models: list[tuple[dict[str, Any], DeploymentHandle | None]],
         board: DeploymentHandle,
+        options: tuple[str, dict[str, Any]] | None = None,
     ) -> None:
-        super().__init__(settings, models, board)
+        super().__init__(settings, models, board, options)
         config = uvicorn_config(await self.build_app(), self.settings)
         try:
             listening = _listen(config.host, config.port)

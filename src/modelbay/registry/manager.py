@@ -29,7 +29,7 @@ from modelbay.registry.registry import ModelRegistry, ServedModel, version_key
 from modelbay.registry.repository import Fingerprint, ModelRepository
 from modelbay.registry.traffic import policy_json
 from modelbay.registry.upload import write_versions
-from modelbay.settings import TrafficConfig
+from modelbay.settings import ModelConfig, TrafficConfig
 
 if TYPE_CHECKING:
     from modelbay.runtime.dataplane import Dataplane
@@ -63,7 +63,8 @@ class ServerModels:
     """What the server loaded at start, handed to the manager (Server.load fills it).
 
     sources:    models found at start outside the repository (a path, or code), by name and
-                version: what `load` builds again for them.
+                version: what `load` builds again for them (a LoadedModel; on a Ray cluster the
+                ModelConfig its replicas load, modelbay.ray.front).
     stamps:     repository versions loaded at start, by (name, version): their fingerprints
                 (ModelRepository.versions), so a later load reloads only what changed.
     repository: the model repository served live, or None.
@@ -72,7 +73,7 @@ class ServerModels:
                 during the start is acted on.
     """
 
-    sources: dict[str, dict[str, LoadedModel]]
+    sources: dict[str, dict[str, LoadedModel | ModelConfig]]
     stamps: dict[tuple[str, str], Fingerprint]
     repository: ModelRepository | None = None
     polled: dict[str, Any] | None = None
