@@ -259,31 +259,43 @@ def test_management_on_the_cluster(
     on_ray: OnRay, repository: Path, held_out: tuple[np.ndarray, np.ndarray]
 ) -> None:
     """A version dropped into the repository and loaded through the API runs as a Serve
-    application of its own, on both nodes, and answers; removed and loaded again, its application
-    is deleted; version 1 answers throughout."""
+    application of its own, on both nodes, and answers; removed from the repository while it is
+    the version answering unversioned calls and loaded again, it drains and its application is
+    deleted. Closed-loop clients calling the model by name throughout never get an error."""
     images, expected = held_out
-    with Client(on_ray.url, timeout_s=300) as client:
-        assert client.repository_index() == [
-            {"name": "digits", "version": "1", "state": "READY", "reason": ""}
-        ]
-        shutil.copytree(repository / "digits" / "1", repository / "digits" / "2")
-        client.load_model("digits")
-        assert [(row["version"], row["state"]) for row in client.repository_index()] == [
-            ("1", "READY"),
-            ("2", "READY"),
-        ]
-        assert len(replicas("2")) == 2 and len(replicas("1")) == 2
-        for version in ("1", "2"):
-            logits = client.infer("digits", images[:8], version=version)["logits"]
-            np.testing.assert_allclose(logits, expected[:8], atol=1e-5)
-        assert client.set_default_version("digits", "1") == "1"
-        shutil.rmtree(repository / "digits" / "2")
-        client.load_model("digits")
-        assert [(row["version"], row["state"]) for row in client.repository_index(ready=True)] == [
-            ("1", "READY")
-        ]
-        wait_for(lambda: not replicas("2"), 60, "version 2's replicas gone")
-        np.testing.assert_allclose(client.infer("digits", images[:8])["logits"], expected[:8], atol=1e-5)
+    load = Load(images, expected, on_ray.url)
+    threads = [threading.Thread(target=load.run, args=(seed,), daemon=True) for seed in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        with Client(on_ray.url, timeout_s=300) as client:
+            assert client.repository_index() == [
+                {"name": "digits", "version": "1", "state": "READY", "reason": ""}
+            ]
+            shutil.copytree(repository / "digits" / "1", repository / "digits" / "2")
+            client.load_model("digits")
+            assert [(row["version"], row["state"]) for row in client.repository_index()] == [
+                ("1", "READY"),
+                ("2", "READY"),
+            ]
+            assert len(replicas("2")) == 2 and len(replicas("1")) == 2
+            for version in ("1", "2"):
+                logits = client.infer("digits", images[:8], version=version)["logits"]
+                np.testing.assert_allclose(logits, expected[:8], atol=1e-5)
+            shutil.rmtree(repository / "digits" / "2")
+            client.load_model("digits")  # version 2 gone from disk: unloaded
+            ready = client.repository_index(ready=True)
+            assert [(row["version"], row["state"]) for row in ready] == [("1", "READY")]
+            wait_for(lambda: not replicas("2"), 60, "version 2's replicas gone")
+            unloaded = time.monotonic()
+            wait_for(lambda: load.answered_since(unloaded) >= 20, 30, "answers after the unload")
+            assert client.set_default_version("digits", "1") == "1"
+    finally:
+        load.stop.set()
+        for thread in threads:
+            thread.join(timeout=40)
+    assert not load.failed, load.failed[:3]
+    assert len(load.answered) >= 50
 
 
 @dataclass
