@@ -6,7 +6,9 @@
 
 The front answers HTTP itself on the port it is given (HttpFront: modelbay's own uvicorn server,
 one hop less than through Serve's HTTP proxy), or, given none, is the application's ingress behind
-Serve's HTTP proxy (Front).
+Serve's HTTP proxy (Front). For `modelbay serve --ray` (managed) the model versions are not in this
+application: the front deploys each as an application of its own, and loads and unloads them
+through the API (modelbay.ray.front.VersionDeployer).
 
 `build_app(settings, options)` makes it from modelbay Settings (as `modelbay serve --ray` has them);
 `app(args)` is the same for Ray's own tools: `serve run modelbay.ray:app repository=models/` or an
