@@ -45,7 +45,7 @@ import yaml
 from sklearn.datasets import load_digits
 
 from modelbay.client import Client
-from modelbay.errors import InferenceFailed, InvalidInput
+from modelbay.errors import InferenceFailed, InvalidInput, ModelbayError
 from tests.conftest import DIGITS, Served, free_port, sample, serve_process, stop
 
 pytestmark = [
@@ -290,6 +290,16 @@ def test_management_on_the_cluster(
             unloaded = time.monotonic()
             wait_for(lambda: load.answered_since(unloaded) >= 20, 30, "answers after the unload")
             assert client.set_default_version("digits", "1") == "1"
+            # A version that cannot load: Serve reports its deploy failed, the load says why, the
+            # version is FAILED in the index and nothing of it is left running.
+            (repository / "digits" / "3").mkdir()
+            (repository / "digits" / "3" / "digits.onnx").write_bytes(b"not an ONNX graph")
+            with pytest.raises(ModelbayError, match="version 3: Serve could not deploy it"):
+                client.load_model("digits")
+            row = {row["version"]: row for row in client.repository_index()}["3"]
+            assert row["state"] == "FAILED" and "onnxruntime cannot load it" in row["reason"], row
+            wait_for(lambda: not replicas("3"), 60, "version 3's replicas gone")
+            shutil.rmtree(repository / "digits" / "3")
     finally:
         load.stop.set()
         for thread in threads:

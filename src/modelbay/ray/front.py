@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 
 from modelbay.auth.access import Access
-from modelbay.errors import InvalidInput, ModelbayError, ModelLoadError
+from modelbay.errors import InvalidInput, ModelLoadError
 from modelbay.grpc.servicer import create_grpc_server
 from modelbay.http.app import ModelbayApp, create_app
 from modelbay.loading import LoadedModel
@@ -53,8 +55,9 @@ from modelbay.settings import ModelConfig, Settings
 
 log = logging.getLogger("modelbay.ray")
 # Longest the front waits for a replica of each version to describe its model at start (the
-# replicas load their models meanwhile).
+# replicas load their models meanwhile), or for a version it deploys to run.
 DESCRIBE_TIMEOUT_S = 600.0
+STATUS_POLL_S = 0.25  # how often the front asks Serve whether a version it deploys runs
 REDEPLOY = (
     "on a Ray cluster, models change with the application: deploy it again (`serve deploy` of a "
     "config whose import_path is modelbay.ray:app, or `serve run modelbay.ray:app`) and Serve updates "
@@ -90,21 +93,11 @@ class ClusterManager(ModelManager):
             async with self._lock(name):
                 await self._sync(name)
 
-    async def _build_one(self, name: str, version: str, source: Any) -> ServedModel | str:
-        """Deploy one version (`source`: its ModelConfig) and stand in for it; or the reason it
-        failed (its row set, what was deployed of it deleted)."""
+    async def _build(self, source: Any) -> ServedModel:
+        """Deploy one version (`source`: its ModelConfig) and return its stand-in, not started.
+        Raises ModelLoadError (VersionDeployer.deploy)."""
         assert self.deployer is not None
-        log.info("deploying model %r version %s", name, version)
-        try:
-            model = await self.deployer.deploy(source)
-        except Exception as exc:
-            reason = exc.message if isinstance(exc, ModelbayError) else f"{type(exc).__name__}: {exc}"
-            log.error("model %r version %s failed to deploy: %s", name, version, reason)
-            self._fail_or_keep(name, version, reason)
-            return reason
-        model.start()
-        self._dataplane.attach(model)
-        return model
+        return await self.deployer.deploy(source)
 
     async def _retire(self, model: ServedModel) -> None:
         await super()._retire(model)  # its requests done (at most the drain timeout)
@@ -126,16 +119,18 @@ class VersionDeployer:
         self.board = board
 
     async def deploy(self, config: ModelConfig) -> RemoteModel:
-        """Run `config`'s version (`serve.run` of its application, in a thread: it blocks until
-        the replicas answer) and return its stand-in. Raises ModelLoadError when Serve reports the
-        deploy failed or no replica describes the model within DESCRIBE_TIMEOUT_S (say, no node
-        has the resources asked); what was deployed is then deleted."""
+        """Run `config`'s version as its application and return its stand-in once a replica
+        describes the model. Raises ModelLoadError when Serve reports the deploy failed (its
+        message) or the version is not RUNNING within DESCRIBE_TIMEOUT_S (say, no node has the
+        resources asked); what was deployed is then deleted."""
         name = version_app(self.app, config.name or "model", config.version)
         deployment = serve.deployment(**model_deployment_options(config, self.options))(ModelReplica)
-        application = deployment.bind(msgspec.to_builtins(config), self.board)
+        target = serve.RunTarget(deployment.bind(msgspec.to_builtins(config), self.board), name, None)
         try:
-            run = asyncio.to_thread(serve.run, application, name=name, route_prefix=None)
-            await asyncio.wait_for(run, DESCRIBE_TIMEOUT_S)
+            # Not serve.run: it blocks its thread until the application runs, forever if it never does.
+            run = functools.partial(serve.run_many, wait_for_applications_running=False)
+            await asyncio.to_thread(run, [target])
+            await _running(name, time.monotonic() + DESCRIBE_TIMEOUT_S)
             handle = serve.get_deployment_handle(deployment_name(config), app_name=name)
             description = await asyncio.wait_for(handle.describe.remote(), DESCRIBE_TIMEOUT_S)
         except BaseException as exc:
@@ -145,7 +140,7 @@ class VersionDeployer:
                     f"its replicas did not answer within {DESCRIBE_TIMEOUT_S:.0f} s (no node with the "
                     "resources asked, or a model that takes longer to load)"
                 ) from None
-            if isinstance(exc, Exception):
+            if isinstance(exc, Exception) and not isinstance(exc, ModelLoadError):
                 raise ModelLoadError(f"Serve could not deploy it: {_first_line(exc)}") from None
             raise
         return RemoteModel.of(config, description, handle)
@@ -158,6 +153,31 @@ class VersionDeployer:
 def version_app(app: str, name: str, version: str) -> str:
     """The Serve application of one model version deployed by the front: "APP:NAME:VERSION"."""
     return f"{app}:{name}:{version}"
+
+
+async def _running(name: str, deadline: float) -> None:
+    """Wait until Serve reports application `name` RUNNING. Raises ModelLoadError with Serve's
+    message when it reports DEPLOY_FAILED (a replica's constructor raised: the model did not load),
+    TimeoutError past `deadline` (time.monotonic())."""
+    while True:
+        status = (await asyncio.to_thread(serve.status)).applications.get(name)
+        if status is not None and status.status == "RUNNING":
+            return
+        if status is not None and status.status == "DEPLOY_FAILED":
+            raise ModelLoadError(f"Serve could not deploy it: {_why(status)}")
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        await asyncio.sleep(STATUS_POLL_S)
+
+
+def _why(status: Any) -> str:
+    """What a failed application's status says: its deployment's error (the last line of the
+    replica constructor's traceback: the ModelLoadError with what was found), else its own."""
+    for deployment in status.deployments.values():
+        lines = [line.strip() for line in (deployment.message or "").splitlines() if line.strip()]
+        if lines:
+            return lines[-1][:2000]
+    return str(status.message).strip()[:2000]
 
 
 def _delete(name: str) -> None:
@@ -312,14 +332,9 @@ class HttpFront(Front):
     server does not start.
     """
 
-    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
-        self,
-        settings: dict[str, Any],
-        models: list[tuple[dict[str, Any], DeploymentHandle | None]],
-        board: DeploymentHandle,
-        options: tuple[str, dict[str, Any]] | None = None,
-    ) -> None:
-        super().__init__(settings, models, board, options)
+    async def __init__(self, *args: Any) -> None:  # type: ignore[misc]  # Serve awaits it
+        """Front's arguments (settings, models, board, options)."""
+        super().__init__(*args)
         config = uvicorn_config(await self.build_app(), self.settings)
         try:
             listening = _listen(config.host, config.port)

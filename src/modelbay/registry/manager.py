@@ -287,7 +287,7 @@ class ModelManager:
         log.info("loading model %r version %s", name, version)
         started = time.monotonic()
         try:
-            model = await asyncio.to_thread(build_version, source)
+            model = await self._build(source)
         except Exception as exc:
             reason = exc.message if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
             log.error("model %r version %s failed to load: %s", name, version, reason)
@@ -297,6 +297,11 @@ class ModelManager:
         self._dataplane.attach(model)
         log.info("model %r version %s ready in %.1f s", name, version, time.monotonic() - started)
         return model
+
+    async def _build(self, source: Any) -> ServedModel:
+        """One version built and set up from `source` (build_version, in a thread), not started.
+        Raises ModelLoadError, or whatever the model's own code raised."""
+        return await asyncio.to_thread(build_version, source)
 
     async def _write(self, name: str, config: Mapping[str, Any] | None, files: Mapping[str, bytes]) -> None:
         if self.repository is None:
