@@ -8,13 +8,14 @@ ports, one CPU each) on loopback, in a temporary Ray folder of their own. On Lin
 loopback port of the head node; `serve deploy` of a config file puts Serve's proxy in front.
 
 The real `modelbay serve REPOSITORY --ray ADDRESS --replicas 2` deploys the digits ONNX model with
-half a CPU per replica (room for a second version loaded through the API), and Serve spreads a
-deployment's replicas over the nodes: one on each. Real clients (tritonclient HTTP and
-gRPC, modelbay's Client) get what onnxruntime gives on held-out scans; /metrics sums both
-replicas' batches; a replica killed under load is replaced, and only requests in flight on it
-fail. `serve deploy` of a Serve config file naming `modelbay.ray:app` (through Ray's dashboard,
-which the head node runs) deploys the same. Everything started is stopped, even on failure; every
-wait is bounded.
+a quarter of a CPU per replica (room for a second version loaded through the API, and for its
+reload beside it), and Serve spreads a deployment's replicas over the nodes: one on each. Real
+clients (tritonclient HTTP and gRPC, modelbay's Client) get what onnxruntime gives on held-out
+scans; /metrics sums both replicas' batches; versions load, reload and unload through the API
+under load; a replica killed under load is replaced, and only requests in flight on it fail.
+`serve deploy` of a Serve config file naming `modelbay.ray:app` (through Ray's dashboard, which
+the head node runs) deploys the same; so does `--ray ray://...`. Everything started is stopped,
+even on failure; every wait is bounded.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ class OnRay:
 @pytest.fixture(scope="module")
 def on_ray(cluster: RayCluster, repository: Path) -> Iterator[OnRay]:
     grpc_port = free_port()
-    args = ["--ray", cluster.address, "--replicas", "2", "--num-cpus", "0.5", "--grpc-port", str(grpc_port)]
+    args = ["--ray", cluster.address, "--replicas", "2", "--num-cpus", "0.25", "--grpc-port", str(grpc_port)]
     with serve_process(str(repository), *args, timeout_s=180) as served:
         yield OnRay(served, f"127.0.0.1:{grpc_port}")
 
@@ -282,6 +283,15 @@ def test_management_on_the_cluster(
             for version in ("1", "2"):
                 logits = client.infer("digits", images[:8], version=version)["logits"]
                 np.testing.assert_allclose(logits, expected[:8], atol=1e-5)
+            # Its file changed: reloaded as a second application beside it, which then replaces it.
+            (repository / "digits" / "2" / "digits.onnx").touch()
+            client.load_model("digits")
+
+            def reloaded() -> bool:
+                apps = {name.split("#")[0] for name in replicas("2")}
+                return apps == {"SERVE_REPLICA::modelbay:digits:2:2"} and len(replicas("2")) == 2
+
+            wait_for(reloaded, 60, "version 2 reloaded as application modelbay:digits:2:2, the first gone")
             shutil.rmtree(repository / "digits" / "2")
             client.load_model("digits")  # version 2 gone from disk: unloaded
             ready = client.repository_index(ready=True)

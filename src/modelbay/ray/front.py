@@ -101,14 +101,16 @@ class ClusterManager(ModelManager):
 
     async def _retire(self, model: ServedModel) -> None:
         await super()._retire(model)  # its requests done (at most the drain timeout)
-        if self.deployer is not None:
-            await self.deployer.delete(model.name, model.version)
+        if self.deployer is not None and isinstance(model, RemoteModel) and model.application:
+            await self.deployer.delete(model.application)
 
 
 class VersionDeployer:
     """Runs model versions as Serve applications of their own, from the front.
 
-    app:     the front's application name; a version's is "APP:NAME:VERSION" (`version_app`).
+    app:     the front's application name; a version's is "APP:NAME:VERSION" (`version_app`), and
+             ":2", ":3"... after it for its reloads: a reload runs beside the version it replaces
+             until it answers, as on one machine, and only then is the old one retired.
     options: the Ray options of every version's deployment (modelbay.ray.options).
     board:   the application's MetricsBoard, which the versions' replicas push their metrics to.
     """
@@ -117,6 +119,7 @@ class VersionDeployer:
         self.app = app
         self.options = options
         self.board = board
+        self._deploys: dict[str, int] = {}  # deploys so far per version_app name
 
     async def deploy(self, config: ModelConfig) -> RemoteModel:
         """Run `config`'s version as its application and return its stand-in once a replica
@@ -124,6 +127,9 @@ class VersionDeployer:
         message) or the version is not RUNNING within DESCRIBE_TIMEOUT_S (say, no node has the
         resources asked); what was deployed is then deleted."""
         name = version_app(self.app, config.name or "model", config.version)
+        count = self._deploys[name] = self._deploys.get(name, 0) + 1
+        if count > 1:
+            name = f"{name}:{count}"
         deployment = serve.deployment(**model_deployment_options(config, self.options))(ModelReplica)
         target = serve.RunTarget(deployment.bind(msgspec.to_builtins(config), self.board), name, None)
         try:
@@ -143,11 +149,11 @@ class VersionDeployer:
             if isinstance(exc, Exception) and not isinstance(exc, ModelLoadError):
                 raise ModelLoadError(f"Serve could not deploy it: {_first_line(exc)}") from None
             raise
-        return RemoteModel.of(config, description, handle)
+        return RemoteModel.of(config, description, handle, application=name)
 
-    async def delete(self, name: str, version: str) -> None:
-        """Delete the version's application (Serve drains and stops its replicas)."""
-        await asyncio.to_thread(_delete, version_app(self.app, name, version))
+    async def delete(self, application: str) -> None:
+        """Delete a version's application (Serve drains and stops its replicas)."""
+        await asyncio.to_thread(_delete, application)
 
 
 def version_app(app: str, name: str, version: str) -> str:

@@ -223,9 +223,12 @@ def _unused(batch: list[Any]) -> list[Any]:
 
 @dataclass(eq=False)
 class RemoteModel(ServedModel):
-    """A model version served by its Serve deployment `handle` (module docstring)."""
+    """A model version served by its Serve deployment `handle` (module docstring); `application`:
+    the Serve application the front deployed it as (modelbay.ray.front.VersionDeployer), None when
+    it is a deployment of the front's own application."""
 
     handle: DeploymentHandle | None = None
+    application: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -233,7 +236,13 @@ class RemoteModel(ServedModel):
         self.batcher = RemoteBatcher(self.handle, self.batching, self.name)
 
     @classmethod
-    def of(cls, config: ModelConfig, description: dict[str, Any], handle: DeploymentHandle) -> RemoteModel:
+    def of(
+        cls,
+        config: ModelConfig,
+        description: dict[str, Any],
+        handle: DeploymentHandle,
+        application: str | None = None,
+    ) -> RemoteModel:
         """The stand-in of the version `config` describes, as build_served_model would build it."""
         return cls(
             config.name or "model",
@@ -246,4 +255,5 @@ class RemoteModel(ServedModel):
             url_inputs=config.url_inputs,
             traffic=config.traffic,
             handle=handle,
+            application=application,
         )
