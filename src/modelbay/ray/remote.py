@@ -140,9 +140,10 @@ class RemoteBatcher(Batcher):
         context = CURRENT.get()
         deadline = None if context is None else context.deadline
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        call = _Call(method, payload, remaining, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        call = _Call(method, payload, remaining, loop.create_future())
         if not self._waiting:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._waiting.append(call)
         answer = await call.future
         if isinstance(answer, ModelbayError):  # ModelReplica returns them (its docstring says why)

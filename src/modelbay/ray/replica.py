@@ -89,7 +89,8 @@ class ModelReplica:
             work = steps.predict(self.model, payload, self.fetcher, _ignore)
         self._held += 1
         try:
-            return await asyncio.wait_for(work, remaining_s)
+            async with asyncio.timeout(remaining_s):  # a timer, not wait_for's task per request
+                return await work
         except TimeoutError:
             return DeadlineExceeded(f"model {self.model.name!r} did not answer within the request's deadline")
         except ModelbayError as exc:
