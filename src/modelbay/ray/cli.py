@@ -91,7 +91,7 @@ def serve(settings: Settings, options: RayOptions, address: str) -> int:
     except _Stopped:  # a signal while deploying: undo what was deployed so far
         print("modelbay: stopped while deploying", file=sys.stderr, flush=True)
     except Exception as exc:  # Serve's deploy failures are RuntimeErrors and its own classes
-        return _refuse(f"the application did not deploy: {_first_line(exc)}")
+        return _refuse(f"the application did not deploy: {first_line(exc)}")
     finally:
         stop.interrupting = False  # a second signal must not cut the clean-up short
         _end(ray_serve, options.name, started_serve)
@@ -150,10 +150,11 @@ def _end(ray_serve: Any, name: str, started_serve: bool) -> None:
         if started_serve and not ray_serve.status().applications:
             ray_serve.shutdown()
     except Exception as exc:  # the cluster went away: nothing left to delete
-        print(f"modelbay: could not delete the application {name!r}: {_first_line(exc)}", file=sys.stderr)
+        print(f"modelbay: could not delete the application {name!r}: {first_line(exc)}", file=sys.stderr)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (Ray's and Serve's run to tracebacks), else its type."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
 

@@ -42,6 +42,7 @@ from modelbay.errors import InvalidInput, ModelLoadError
 from modelbay.grpc.servicer import create_grpc_server
 from modelbay.http.app import ModelbayApp, create_app
 from modelbay.loading import LoadedModel
+from modelbay.ray.cli import first_line
 from modelbay.ray.metrics import PUSH_S, ClusterMetrics
 from modelbay.ray.options import RayOptions, deployment_name, model_deployment_options
 from modelbay.ray.remote import RemoteModel
@@ -147,7 +148,7 @@ class VersionDeployer:
                     "resources asked, or a model that takes longer to load)"
                 ) from None
             if isinstance(exc, Exception) and not isinstance(exc, ModelLoadError):
-                raise ModelLoadError(f"Serve could not deploy it: {_first_line(exc)}") from None
+                raise ModelLoadError(f"Serve could not deploy it: {first_line(exc)}") from None
             raise
         return RemoteModel.of(config, description, handle, application=name)
 
@@ -190,12 +191,7 @@ def _delete(name: str) -> None:
     try:
         serve.delete(name)
     except Exception as exc:  # the cluster going away: nothing left to delete
-        log.warning("could not delete the Serve application %r: %s", name, _first_line(exc))
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+        log.warning("could not delete the Serve application %r: %s", name, first_line(exc))
 
 
 class Front:
@@ -235,35 +231,27 @@ class Front:
         settings = self.settings
         registry = ModelRegistry()
         configs = [msgspec.convert(config, ModelConfig) for config, _ in self._models]
-        if self._deployer is None:
-            for config, handle, description in zip(
-                configs, [handle for _, handle in self._models], await self._describe(), strict=True
-            ):
+        if self._deployer is None:  # the versions are deployments of this application
+            handles = [handle for _, handle in self._models]
+            for config, handle, description in zip(configs, handles, await self._describe(), strict=True):
                 assert handle is not None
                 registry.add(RemoteModel.of(config, description, handle))
+            models = ServerModels({}, {}, None)
+        else:  # the manager deploys them below, as it will on each load
+            models = self._managed(configs)
         metrics = ClusterMetrics()
         dataplane = self.dataplane = Dataplane(registry, metrics, tracing=traces(settings))
-        repository = None
-        if self._deployer is not None and settings.model_repository is not None:
-            repository = ModelRepository(Path(settings.model_repository), settings.model_overrides)
-        in_repository = set(repository.names()) if repository is not None else set()
-        sources: dict[str, dict[str, LoadedModel | ModelConfig]] = {}
-        for config in configs:
-            if config.name not in in_repository:
-                sources.setdefault(config.name or "model", {})[config.version] = config
-        names = sorted({config.name or "model" for config in configs})
-        polled = {name: repository.fingerprints(name) for name in in_repository} if repository else None
         manager = dataplane.manager = ClusterManager(
             registry,
             dataplane,
-            ServerModels(sources, {}, repository, polled),
+            models,
             settings.graceful_timeout_s,
             mode=settings.model_control_mode,
             max_upload_bytes=settings.max_upload_bytes,
             deployer=self._deployer,
         )
         if self._deployer is not None:
-            await manager.start(names)
+            await manager.start(sorted({config.name or "model" for config in configs}))
         access = Access.from_file(settings.auth, health=settings.auth_health) if settings.auth else None
         lifespan = self._lifespan(dataplane, metrics, access)
         return create_app(
@@ -273,6 +261,19 @@ class Front:
             max_upload_bytes=settings.max_upload_bytes,
             access=access,
         )
+
+    def _managed(self, configs: list[ModelConfig]) -> ServerModels:
+        """What the manager deploys from, as Server.load hands it over on one machine: the
+        repository (read again on each load) and the versions given by path (`sources`)."""
+        root = self.settings.model_repository
+        repository = None if root is None else ModelRepository(Path(root), self.settings.model_overrides)
+        in_repository = set(repository.names()) if repository is not None else set()
+        sources: dict[str, dict[str, LoadedModel | ModelConfig]] = {}
+        for config in configs:
+            if config.name not in in_repository:
+                sources.setdefault(config.name or "model", {})[config.version] = config
+        polled = {name: repository.fingerprints(name) for name in in_repository} if repository else None
+        return ServerModels(sources, {}, repository, polled)
 
     async def _describe(self) -> list[dict[str, Any]]:
         """ModelReplica.describe() of one replica of each version, in `models` order."""
@@ -301,13 +302,9 @@ class Front:
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
             await dataplane.start()
             tasks = [asyncio.create_task(pull_metrics())]
-            manager = dataplane.manager
-            if (
-                settings.model_control_mode == "poll"
-                and isinstance(manager, ClusterManager)
-                and manager.deployer is not None
-                and manager.repository is not None
-            ):
+            manager = dataplane.manager  # its repository is set only when the front deploys
+            polling = settings.model_control_mode == "poll"
+            if polling and manager is not None and manager.repository is not None:
                 tasks.append(asyncio.create_task(manager.poll(settings.repository_poll_s)))
             if access is not None:
                 tasks.append(asyncio.create_task(access.watch()))
