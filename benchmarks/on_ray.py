@@ -16,7 +16,8 @@ the replicas through Serve handles (one Serve hop; Serve's proxies off, requests
 in one event-loop turn sent in one call); the plain deployment is reached through Serve's HTTP proxy,
 its only door. The machine has 2 cores: the load generator, the proxy or front and the replicas all
 share them, so this measures what each layer costs per request rather than what more nodes would
-add. Prints one markdown table.
+add. Prints one markdown table, with each serving process's CPU per request over the measured
+window (from /proc: the server alone; the front, the replicas and Serve's proxy on Ray).
 (Named on_ray.py: a ray.py here would shadow the ray package for scripts run from this folder.)
 """
 
@@ -31,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,15 +147,57 @@ def ray_node(folder: Path) -> Iterator[str]:
             process.wait()
 
 
+# Serving processes by role, from their command line (Ray's workers retitle theirs "ray::...").
+ROLES = (
+    ("front", "ServeReplica:modelbay:modelbay-front"),
+    ("replicas", "ServeReplica:modelbay:digits:"),
+    ("replicas", "ServeReplica:plain:"),
+    ("proxy", "ray::ProxyActor"),
+)
+WARMUP_S = 3.0
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system, from /proc/PID/stat) each serving role has used so far:
+    "server" (`modelbay serve` without --ray), "front", "replicas", "proxy" (Serve's HTTP proxy)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        role = next((role for role, mark in ROLES if mark in cmdline), None)
+        if role is None and "modelbay serve" in cmdline and "--ray" not in cmdline:
+            role = "server"
+        if role is not None:
+            used[role] = used.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
 def point(
     name: str, command: list[str], env: dict[str, str], url: str, payload: bytes, seconds: float
 ) -> dict:
+    """One row: requests per second and latency, and each serving role's CPU milliseconds per
+    request over the measured window (read from /proc when it begins and ends)."""
     with run.running(command, env, url, payload):
+        window: list[dict[str, float]] = []
+        begins = 0.4 + WARMUP_S  # modelbay.bench.load.measure starts its clients 0.4 s after the call
+        timers = [
+            threading.Timer(at, lambda: window.append(cpu_seconds())) for at in (begins, begins + seconds)
+        ]
+        for timer in timers:
+            timer.start()
         measured = measure(
-            Target.of(url, payload, {"content-type": "application/json"}), CONCURRENCY, seconds, 3.0
+            Target.of(url, payload, {"content-type": "application/json"}), CONCURRENCY, seconds, WARMUP_S
         )
+        for timer in timers:
+            timer.join()
+    first, last = window
+    cpu_ms = {role: (last[role] - first.get(role, 0.0)) * 1000 / max(1, measured.requests) for role in last}
     print(f"{name}: {measured.rps:.0f} req/s, p99 {measured.p99_ms:.1f} ms", file=sys.stderr, flush=True)
-    return {"server": name, **dataclasses.asdict(measured)}
+    return {"server": name, "cpu_ms_per_request": cpu_ms, **dataclasses.asdict(measured)}
 
 
 def main() -> None:
@@ -193,13 +237,15 @@ def main() -> None:
             rows.append(
                 point(f"plain Ray Serve, {replicas} replica(s)", command, env, url, payload, args.duration_s)
             )
-    print(
+    head = (
         f"| server ({CONCURRENCY} connections, {args.duration_s:.0f} s) | req/s | p50 ms | p99 ms | errors |"
     )
-    print("|---|---|---|---|---|")
+    print(head + " CPU ms per request |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         cells = f"{row['rps']:.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']}"
-        print(f"| {row['server']} | {cells} |")
+        cpu = " + ".join(f"{role} {ms:.2f}" for role, ms in sorted(row["cpu_ms_per_request"].items()))
+        print(f"| {row['server']} | {cells} | {cpu} |")
 
 
 if __name__ == "__main__":
