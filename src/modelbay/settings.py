@@ -409,6 +409,10 @@ class Settings(_Config):
             raise msgspec.ValidationError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
         if self.repository_poll_s <= 0 or self.max_upload_bytes < 1:
             raise msgspec.ValidationError("repository_poll_s must be > 0 and max_upload_bytes >= 1")
+        if not (0 <= self.port <= 65535 and 0 <= self.grpc_port <= 65535):  # TCP ports (RFC 793)
+            raise msgspec.ValidationError(
+                f"port and grpc_port must be 0-65535, got {self.port} and {self.grpc_port}"
+            )
 
     @classmethod
     def load(

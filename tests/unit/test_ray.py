@@ -47,6 +47,24 @@ def test_bad_options_are_refused_naming_the_field(fields: dict[str, str], said: 
     assert said in raised.value.message
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        ({"port": "not-a-port"}, "Expected `int`, got `str` - at `$.port`"),
+        ({"port": "70000"}, "port and grpc_port must be 0-65535"),
+    ],
+)
+def test_builder_refuses_a_bad_port_naming_it(args: dict[str, str], said: str) -> None:
+    """`serve run modelbay.ray:app port=...`: the front's port, checked before anything deploys."""
+    with warnings.catch_warnings():  # Ray Serve's own pydantic models use deprecated Field keywords
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from modelbay.ray.app import app
+
+    with pytest.raises(ModelLoadError) as raised:
+        app(args)
+    assert said in raised.value.message
+
+
 def test_deployment_options_of_a_version() -> None:
     config = ModelConfig(
         name="digits", version="2", batching=BatchingConfig(max_batch_size=16, max_queue_size=100)

@@ -49,6 +49,8 @@ def test_bad_values_name_the_field(tmp_path: Path) -> None:
         ({"graceful_timeout_s": -1}, "graceful_timeout_s must be >= 0"),
         ({"read_timeout_s": 0}, "read_timeout_s > 0"),
         ({"max_connections": 0}, "max_connections >= 1"),
+        ({"port": 70000}, "port and grpc_port must be 0-65535, got 70000 and 8001"),
+        ({"grpc_port": -1}, "port and grpc_port must be 0-65535, got 8000 and -1"),
         ({"models": [{"path": "x", "timeout_s": 0}]}, "timeout_s must be > 0"),
         ({"models": [{"path": "x", "preprocess_threads": 0}]}, "preprocess_threads must be >= 1"),
     ],

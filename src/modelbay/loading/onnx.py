@@ -59,9 +59,8 @@ def session_options() -> onnxruntime.SessionOptions:
     onnxruntime sizes its intra-op thread pool to the machine's physical cores and its threads
     spin while they wait for work (onnxruntime docs, "Thread management"). A process given fewer
     cores, such as a Ray replica (Ray sets OMP_NUM_THREADS to the replica's `num_cpus`), then
-    spends cores it was not given: under the load of benchmarks/on_ray.py (2 cores, 1 replica of
-    the digits model) the replica took twice the CPU per request, and the application answered
-    0.8x the requests per second.
+    spends cores it was not given, which the processes beside it needed (the replica's CPU per
+    request: benchmarks/on_ray.py's last column).
     """
     options = onnxruntime.SessionOptions()
     threads = os.environ.get("OMP_NUM_THREADS", "").strip()
