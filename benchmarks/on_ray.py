@@ -1,6 +1,6 @@
 """modelbay on Ray (1 and 2 replicas) vs modelbay alone vs a plain Ray Serve deployment, one run.
 
-    python benchmarks/on_ray.py                 # ~3 minutes; needs modelbay[ray]
+    python benchmarks/on_ray.py                 # ~5 minutes; needs modelbay[ray]
 
 The digits ONNX model (examples/digits/artifacts/digits.onnx), one scan per OIP JSON request, driven
 by modelbay's own closed-loop load generator (modelbay.bench.load.measure: 32 keep-alive
@@ -9,15 +9,18 @@ connections) against, in turn:
   - `modelbay serve digits.onnx --ray ADDRESS --replicas N --num-cpus 1`, N = 1 and 2;
   - a plain Ray Serve deployment of the same model written the way Ray's docs show it
     (`@serve.deployment` + `@serve.batch`, `await request.json()`, onnxruntime), N = 1 and 2,
-    with the same batch limit (32) and no batch wait (modelbay's defaults).
-The Ray runs share one local Ray node (2 logical CPUs, no dashboard) started by this script in a
+    with the same batch limit (32) and no batch wait (modelbay's defaults): on Serve's defaults,
+    then on a Ray node started with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Ray's high-throughput mode;
+    its HAProxy ingress, RAY_SERVE_ENABLE_HA_PROXY, needs an haproxy binary this machine lacks).
+The Ray runs share a local Ray node (2 logical CPUs, no dashboard) started by this script in a
 temporary Ray folder on 127.0.0.1. modelbay's front answers HTTP itself on the head node and calls
-the replicas through Serve handles (one Serve hop; Serve's proxies off, requests reaching a version
-in one event-loop turn sent in one call); the plain deployment is reached through Serve's HTTP proxy,
-its only door. The machine has 2 cores: the load generator, the proxy or front and the replicas all
-share them, so this measures what each layer costs per request rather than what more nodes would
-add. Prints one markdown table, with each serving process's CPU per request over the measured
-window (from /proc: the server alone; the front, the replicas and Serve's proxy on Ray).
+the replicas through Serve handles over gRPC (one Serve hop; Serve's proxies off; requests grouped
+into calls, at most two in flight per replica: modelbay.ray.remote); the plain deployment is
+reached through Serve's HTTP proxy, its only door. The machine has 2 cores: the load generator,
+the proxy or front and the replicas all share them, so this measures what each layer costs per
+request rather than what more nodes would add. Prints one markdown table, with each serving
+process's CPU per request over the measured window (from /proc: the server alone; the front, the
+replicas and Serve's proxy on Ray).
 (Named on_ray.py: a ray.py here would shadow the ray package for scripts run from this folder.)
 """
 
@@ -122,12 +125,13 @@ def hold_cluster(address_file: str) -> None:
 
 
 @contextlib.contextmanager
-def ray_node(folder: Path) -> Iterator[str]:
-    """`hold_cluster` in a child process; yields the address, stops it by its PID at the end."""
+def ray_node(folder: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`hold_cluster` in a child process (its environment and its Ray processes' with `env` too);
+    yields the address, stops it by its PID at the end."""
     address_file = folder / "address"
     process = subprocess.Popen(
         [sys.executable, __file__, "cluster", str(address_file)],
-        env={**os.environ, **LOOPBACK, "RAY_TMPDIR": str(folder)},
+        env={**os.environ, **LOOPBACK, "RAY_TMPDIR": str(folder), **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -157,11 +161,12 @@ ROLES = (
 WARMUP_S = 3.0
 
 
-def cpu_seconds() -> dict[str, float]:
-    """CPU seconds (user + system, from /proc/PID/stat) each serving role has used so far:
-    "server" (`modelbay serve` without --ray), "front", "replicas", "proxy" (Serve's HTTP proxy)."""
+def cpu_seconds() -> dict[tuple[str, str], float]:
+    """CPU seconds (user + system, from /proc/PID/stat) each serving process has used so far, by
+    (role, PID); roles: "server" (`modelbay serve` without --ray), "front", "replicas", "proxy"
+    (Serve's HTTP proxy)."""
     tick = os.sysconf("SC_CLK_TCK")
-    used: dict[str, float] = {}
+    used: dict[tuple[str, str], float] = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -172,7 +177,7 @@ def cpu_seconds() -> dict[str, float]:
         if role is None and "modelbay serve" in cmdline and "--ray" not in cmdline:
             role = "server"
         if role is not None:
-            used[role] = used.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+            used[role, pid] = (int(fields[11]) + int(fields[12])) / tick
     return used
 
 
@@ -195,9 +200,24 @@ def point(
         for timer in timers:
             timer.join()
     first, last = window
-    cpu_ms = {role: (last[role] - first.get(role, 0.0)) * 1000 / max(1, measured.requests) for role in last}
+    cpu_ms: dict[str, float] = {}  # a process gone by the window's end (a row before's) counts nothing
+    for (role, pid), seconds_used in last.items():
+        spent = seconds_used - first.get((role, pid), 0.0)
+        cpu_ms[role] = cpu_ms.get(role, 0.0) + spent * 1000 / max(1, measured.requests)
     print(f"{name}: {measured.rps:.0f} req/s, p99 {measured.p99_ms:.1f} ms", file=sys.stderr, flush=True)
     return {"server": name, "cpu_ms_per_request": cpu_ms, **dataclasses.asdict(measured)}
+
+
+def plain_rows(address: str, env: dict[str, str], payload: bytes, seconds: float, mode: str) -> list[dict]:
+    """The plain Ray Serve deployment with 1 and 2 replicas on the node at `address`."""
+    rows, port = [], run.free_port()
+    for replicas in (1, 2):
+        command = [sys.executable, __file__, "plain", address, str(port), str(replicas)]
+        url = f"http://127.0.0.1:{port}/"
+        rows.append(
+            point(f"plain Ray Serve, {replicas} replica(s){mode}", command, env, url, payload, seconds)
+        )
+    return rows
 
 
 def main() -> None:
@@ -231,12 +251,11 @@ def main() -> None:
             rows.append(
                 point(f"modelbay on Ray, {replicas} replica(s)", command, env, url, payload, args.duration_s)
             )
-        for replicas in (1, 2):
-            command = [sys.executable, __file__, "plain", address, str(port), str(replicas)]
-            url = f"http://127.0.0.1:{port}/"
-            rows.append(
-                point(f"plain Ray Serve, {replicas} replica(s)", command, env, url, payload, args.duration_s)
-            )
+        rows += plain_rows(address, env, payload, args.duration_s, "")
+    fast = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    with tempfile.TemporaryDirectory(prefix="mbbench") as tmp, ray_node(Path(tmp), fast) as address:
+        env = {**LOOPBACK, "RAY_TMPDIR": tmp, **fast}
+        rows += plain_rows(address, env, payload, args.duration_s, ", RAY_SERVE_THROUGHPUT_OPTIMIZED=1")
     head = (
         f"| server ({CONCURRENCY} connections, {args.duration_s:.0f} s) | req/s | p50 ms | p99 ms | errors |"
     )

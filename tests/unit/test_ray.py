@@ -16,7 +16,7 @@ from modelbay.cli.main import main
 from modelbay.errors import ModelLoadError
 from modelbay.metrics import Metrics
 from modelbay.ray.metrics import merge
-from modelbay.ray.options import RayOptions, model_configs, model_deployment_options
+from modelbay.ray.options import SERVE_ENV, RayOptions, model_configs, model_deployment_options
 from modelbay.settings import BatchingConfig, ModelConfig, Settings
 from tests.conftest import DIGITS, sample
 
@@ -65,6 +65,16 @@ def test_builder_refuses_a_bad_port_naming_it(args: dict[str, str], said: str) -
     assert said in raised.value.message
 
 
+def test_the_serve_settings_are_ones_this_ray_reads() -> None:
+    """SERVE_ENV names variables Ray Serve reads as a process starts: a Ray that renamed one would
+    silently put the application back on the slow path."""
+    import ray.serve._private.constants as constants
+
+    source = Path(constants.__file__).read_text()
+    for name in SERVE_ENV:
+        assert f'"{name}"' in source, name
+
+
 def test_deployment_options_of_a_version() -> None:
     config = ModelConfig(
         name="digits", version="2", batching=BatchingConfig(max_batch_size=16, max_queue_size=100)
@@ -72,7 +82,11 @@ def test_deployment_options_of_a_version() -> None:
     fixed = model_deployment_options(config, RayOptions(replicas=3, num_cpus=2, num_gpus=0.5))
     assert fixed["name"] == "digits:2"
     assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
-    assert fixed["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0.5}
+    assert fixed["ray_actor_options"] == {
+        "num_cpus": 2,
+        "num_gpus": 0.5,
+        "runtime_env": {"env_vars": SERVE_ENV},
+    }
     # Serve's default of 5 requests per replica would starve the batcher; past the queue, 503.
     assert fixed["max_ongoing_requests"] == fixed["max_queued_requests"] == 100
     scaled = model_deployment_options(config, RayOptions(autoscale="0:4"))

@@ -25,7 +25,13 @@ from ray.serve import Application
 
 from modelbay.ray.front import Front, HttpFront
 from modelbay.ray.metrics import MetricsBoard
-from modelbay.ray.options import QUIET_LOGS, RayOptions, model_configs, model_deployment_options
+from modelbay.ray.options import (
+    QUIET_LOGS,
+    RayOptions,
+    actor_options,
+    model_configs,
+    model_deployment_options,
+)
 from modelbay.ray.replica import ModelReplica
 from modelbay.settings import Settings, environment
 
@@ -55,7 +61,10 @@ def build_app(
     """
     configs = model_configs(settings)
     board = serve.deployment(
-        name="modelbay-metrics", num_replicas=1, ray_actor_options={"num_cpus": 0}, logging_config=QUIET_LOGS
+        name="modelbay-metrics",
+        num_replicas=1,
+        ray_actor_options=actor_options(num_cpus=0),
+        logging_config=QUIET_LOGS,
     )
     board_app = board(MetricsBoard).bind()
     models: list[tuple[dict[str, Any], Any]] = []
@@ -70,7 +79,7 @@ def build_app(
         name="modelbay-front",
         num_replicas=1,
         max_ongoing_requests=settings.max_connections,
-        ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE: 0.001}},
+        ray_actor_options=actor_options(num_cpus=0, resources={HEAD_NODE: 0.001}),
         logging_config=QUIET_LOGS,
     )(HttpFront if own_http else serve.ingress()(Front))
     front_settings = msgspec.to_builtins(msgspec.structs.replace(settings, models=[]))

@@ -8,11 +8,17 @@ whole, to one replica of the version's deployment through its DeploymentHandle, 
 own batcher merges it with the others that replica holds.
 
 A call through a DeploymentHandle costs the front far more than a request's own work (Serve's
-router, a Ray task, its reply: about a millisecond of the front's CPU), so the requests that reach
-a version in the same turn of the front's event loop go to one replica in one call
-(`ModelReplica.serve_many`), each with the time its deadline leaves: nothing waits for a group to
-form, and under load the groups grow by themselves. The replica submits the requests of a call
-to its batcher one by one, as if they had come alone.
+router, a gRPC call and its reply), so requests to a version travel in groups, one call per
+group (`ModelReplica.serve_many`), each with the time its deadline leaves. A version has at most
+CALLS_PER_REPLICA calls in flight per replica (one in the replica's batcher, one queued behind it);
+requests that come meanwhile wait at the front and go together in the next call, as soon as one
+returns. Nothing waits for a group to form: an idle version sends a request in the turn of the
+front's event loop it came in, and under load the groups grow by themselves (the same rule as the
+batcher's: run when the model is free). The front counts a version's replicas as those that
+answered a call in the last REPLICA_SEEN_S seconds (a new replica is found as Serve's router
+sends it calls). A call carries at most `max_queue_size` requests (what a replica may hold) and
+about CALL_BYTES of inputs. The replica submits the requests of a call to its batcher one by one,
+as if they had come alone.
 
 The cut follows runtime/steps.py: the OIP door's decoded input tensors go as they are
 ("infer"), the simple door's examples as a list, their URLs already fetched ("predict").
@@ -23,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +49,14 @@ from modelbay.registry.registry import ServedModel
 from modelbay.runtime.batcher import Batcher, DefaultOutput
 from modelbay.runtime.context import CURRENT
 from modelbay.settings import BatchingConfig, ModelConfig
+
+# Calls in flight to each replica of a version: one its batcher runs, one queued behind it.
+CALLS_PER_REPLICA = 2
+# How long a replica counts towards a version's calls in flight after its last answer (a replica
+# that died or was scaled down stops counting after this).
+REPLICA_SEEN_S = 10.0
+# Most input bytes one call carries (as estimated by `_size`), well under the largest gRPC message.
+CALL_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +113,14 @@ class RemoteBatcher(Batcher):
         self.handle = handle
         self._running = False
         self._waiting: list[_Call] = []  # for the next call to a replica
-        self._calls: set[asyncio.Task[None]] = set()
+        self._calls: set[asyncio.Task[None]] = set()  # the calls in flight
+        self._flushing = False  # a _flush is scheduled
+        self._replicas: dict[str, float] = {}  # replica id -> when it last answered (monotonic)
 
     @property
     def queue_depth(self) -> int:
-        """Nothing queues at the front (the replicas report their queues)."""
-        return 0
+        """Requests waiting at the front for a call to a replica (the replicas report theirs)."""
+        return len(self._waiting)
 
     def stalled(self, after_s: float) -> bool:
         """Never: a hung replica fails Serve's health check (ModelReplica.check_health) instead."""
@@ -115,6 +131,10 @@ class RemoteBatcher(Batcher):
 
     async def stop(self) -> None:
         self._running = False
+        waiting, self._waiting = self._waiting, []
+        for call in waiting:
+            if not call.future.done():
+                call.future.set_exception(ModelNotReady(f"model {self.name!r} is not running"))
         for task in list(self._calls):
             task.cancel()
 
@@ -133,41 +153,70 @@ class RemoteBatcher(Batcher):
         return list(predictions)
 
     async def _send(self, method: str, payload: Any) -> Any:
-        """Queue one request for the next call and wait for its answer (cancellable: the call
-        goes on for the others in it, and the replica drops this one at its deadline)."""
+        """Queue one request for the next call and wait for its answer (cancellable: a request
+        still waiting does not go, one in a call is dropped by the replica at its deadline)."""
         if not self._running:
             raise ModelNotReady(f"model {self.name!r} is not running")
         context = CURRENT.get()
-        deadline = None if context is None else context.deadline
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        loop = asyncio.get_running_loop()
-        call = _Call(method, payload, remaining, loop.create_future())
-        if not self._waiting:
-            loop.call_soon(self._flush)
+        call = _Call(method, payload, None if context is None else context.deadline)
         self._waiting.append(call)
+        self._schedule()
         answer = await call.future
         if isinstance(answer, ModelbayError):  # ModelReplica returns them (its docstring says why)
             raise answer
         return answer
 
+    def calls_allowed(self) -> int:
+        """Calls this version may have in flight: CALLS_PER_REPLICA per replica that answered in
+        the last REPLICA_SEEN_S seconds (at least one replica)."""
+        return CALLS_PER_REPLICA * max(1, len(self._replicas))
+
+    def _schedule(self) -> None:
+        """Send the waiting requests in the next turn of the loop, if a call may go now."""
+        if self._waiting and not self._flushing and len(self._calls) < self.calls_allowed():
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
-        calls, self._waiting = self._waiting, []
+        """One call with the waiting requests still wanted, the first ones up to max_queue_size
+        requests and CALL_BYTES of inputs (the first goes whatever its size)."""
+        self._flushing = False
+        wanted = [call for call in self._waiting if not call.future.done()]
+        if not wanted:
+            self._waiting = []
+            return
+        taken, size = 1, _size(wanted[0].payload)
+        while taken < min(len(wanted), self.config.max_queue_size):
+            size += _size(wanted[taken].payload)
+            if size > CALL_BYTES:
+                break
+            taken += 1
+        calls, self._waiting = wanted[:taken], wanted[taken:]
         task = asyncio.get_running_loop().create_task(self._call(calls))
         self._calls.add(task)
-        task.add_done_callback(self._calls.discard)
+        task.add_done_callback(self._called)
+        self._schedule()  # more than one call's worth waiting
+
+    def _called(self, task: asyncio.Task[None]) -> None:
+        self._calls.discard(task)
+        self._schedule()
 
     async def _call(self, calls: list[_Call]) -> None:
         """One call to a replica for `calls`; each future gets its answer or the call's error."""
-        response = self.handle.serve_many.remote([(c.method, c.payload, c.remaining_s) for c in calls])
+        now = time.monotonic()
+        response = self.handle.serve_many.remote(
+            [(c.method, c.payload, None if c.deadline is None else max(0.0, c.deadline - now)) for c in calls]
+        )
         _cancel_when_all_end(response, calls)
         try:
-            answers = await response
+            replica, answers = await response
         except asyncio.CancelledError:  # the front stopping
             response.cancel()
             error: BaseException = ModelNotReady(f"model {self.name!r} is not running")
         except Exception as exc:
             error = self._failure(exc)
         else:
+            self._seen(replica)
             for call, answer in zip(calls, answers, strict=True):
                 if not call.future.done():
                     call.future.set_result(answer)
@@ -176,8 +225,17 @@ class RemoteBatcher(Batcher):
             if not call.future.done():
                 call.future.set_exception(error)
 
+    def _seen(self, replica: str) -> None:
+        """Note that `replica` answered now; forget those silent for REPLICA_SEEN_S."""
+        now = time.monotonic()
+        if replica not in self._replicas:
+            self._replicas = {r: at for r, at in self._replicas.items() if now - at < REPLICA_SEEN_S}
+        self._replicas[replica] = now
+
     def _failure(self, exc: Exception) -> Exception:
         """The ModelbayError a failed call means for the requests in it."""
+        if not self._running:  # stop() cancelled it (Serve may raise RequestCancelledError)
+            return ModelNotReady(f"model {self.name!r} is not running")
         if isinstance(exc, RayTaskError):
             cause = exc.cause
             if isinstance(cause, ModelbayError):
@@ -199,8 +257,25 @@ class _Call:
 
     method: str  # "infer" or "predict"
     payload: Any
-    remaining_s: float | None  # what its deadline leaves, when it was queued
-    future: asyncio.Future[Any]
+    deadline: float | None  # time.monotonic() by which it must be answered, None: none
+    future: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+def _size(payload: Any) -> int:
+    """About how many bytes a request's inputs take in a call: its tensors' (an OIP request), or
+    its examples' (the simple door: bytes and text by length, arrays by size, a list of numbers at
+    8 bytes an item, anything else as nothing)."""
+    if isinstance(payload, dict):
+        return sum(array.nbytes for array in payload.values())
+    size = 0
+    for example in payload:
+        if isinstance(example, str | bytes):
+            size += len(example)
+        elif isinstance(example, np.ndarray):
+            size += example.nbytes
+        elif isinstance(example, list):
+            size += 8 * len(example)
+    return size
 
 
 def _cancel_when_all_end(response: Any, calls: list[_Call]) -> None:

@@ -66,9 +66,10 @@ class ModelReplica:
     def _depth(self) -> float:
         return float(self.model.batcher.queue_depth)
 
-    async def serve_many(self, calls: list[tuple[str, Any, float | None]]) -> list[Any]:
+    async def serve_many(self, calls: list[tuple[str, Any, float | None]]) -> tuple[str, list[Any]]:
         """The requests of one call from the front (modelbay.ray.remote), each submitted on its own
-        and answered as it would be alone; returns their answers in order.
+        and answered as it would be alone; returns this replica's id (Serve's) and their answers
+        in order.
 
         calls: (method, payload, remaining_s) per request: method "infer" with an OIP request's
                named input tensors (answered by (named output tensors, whether they are the model's
@@ -79,7 +80,7 @@ class ModelReplica:
         A request that fails is answered by its ModelbayError, returned rather than raised (Serve
         would log a raised one with its traceback, even a client's 400, and fail the others).
         """
-        return list(await asyncio.gather(*(self._serve(*call) for call in calls)))
+        return self._replica, list(await asyncio.gather(*(self._serve(*call) for call in calls)))
 
     async def _serve(self, method: str, payload: Any, remaining_s: float | None) -> Any:
         work: Awaitable[Any]
