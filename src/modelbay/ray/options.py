@@ -28,7 +28,7 @@ QUIET_LOGS: dict[str, Any] = {"enable_access_log": False}
 # replica, rather than as Ray actor tasks; the user code runs on the replica's event loop and a
 # handle's router on its caller's, rather than each on a thread of its own. A gRPC message may
 # then be as large as gRPC allows (Serve's default, 4 MiB, would fail a call carrying a few
-# images). benchmarks/on_ray.py measures them: 1.7x the requests/s of Serve's defaults.
+# images; modelbay.ray.remote keeps calls to about 64 MiB of inputs).
 SERVE_ENV = {
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
