@@ -7,15 +7,16 @@ ports, one CPU each) on loopback, in a temporary Ray folder of their own. On Lin
 `modelbay serve --ray` starts Serve with no HTTP proxy: its front answers HTTP itself on a free
 loopback port of the head node; `serve deploy` of a config file puts Serve's proxy in front.
 
-The real `modelbay serve REPOSITORY --ray ADDRESS --replicas 2` deploys the digits ONNX model with
+The real `modelbay serve REPOSITORY --ray auto --replicas 2` deploys the digits ONNX model with
 a quarter of a CPU per replica (room for a second version loaded through the API, and for its
 reload beside it), and Serve spreads a deployment's replicas over the nodes: one on each. Real
 clients (tritonclient HTTP and gRPC, modelbay's Client) get what onnxruntime gives on held-out
 scans; /metrics sums both replicas' batches; versions load, reload and unload through the API
 under load; a replica killed under load is replaced, and only requests in flight on it fail.
 `serve deploy` of a Serve config file naming `modelbay.ray:app` (through Ray's dashboard, which
-the head node runs) deploys the same; so does `--ray ray://...`. Everything started is stopped,
-even on failure; every wait is bounded.
+the head node runs) deploys the same; so do `serve run modelbay.ray:app repository=...` and
+`--ray ray://... --autoscale 1:2`, where Serve adds a replica under load. Everything started is
+stopped, even on failure; every wait is bounded.
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ pytestmark = [
 ]
 
 ONNX = DIGITS / "artifacts" / "digits.onnx"
-REPLICA = "SERVE_REPLICA::modelbay"  # how Serve's actor names of the application's replicas start
 LOADERS = 6  # client threads of the kill test: at most this many requests are in flight at once
 
 
@@ -139,7 +139,8 @@ class OnRay:
 @pytest.fixture(scope="module")
 def on_ray(cluster: RayCluster, repository: Path) -> Iterator[OnRay]:
     grpc_port = free_port()
-    args = ["--ray", cluster.address, "--replicas", "2", "--num-cpus", "0.25", "--grpc-port", str(grpc_port)]
+    # `auto`: the cluster `ray start` (here ray.cluster_utils) recorded in the Ray folder, RAY_TMPDIR
+    args = ["--ray", "auto", "--replicas", "2", "--num-cpus", "0.25", "--grpc-port", str(grpc_port)]
     with serve_process(str(repository), *args, timeout_s=180) as served:
         yield OnRay(served, f"127.0.0.1:{grpc_port}")
 
@@ -153,17 +154,18 @@ def held_out() -> tuple[np.ndarray, np.ndarray]:
     return images, session.run(None, {"image": images})[0]
 
 
-def replicas(version: str = "1") -> dict[str, str]:
+def replicas(version: str = "1", app: str = "modelbay") -> dict[str, str]:
     """The live replicas of a digits version: Ray actor name -> the id of the node it runs on.
     Serve names them SERVE_REPLICA::APP#DEPLOYMENT#ID: APP is "modelbay:digits:1" for a version the
-    front deployed, "modelbay" for one a config file declared; the deployment is "digits:1"."""
+    front deployed, "modelbay" for one a config file declared (`app` is a prefix of it: "default"
+    for `serve run IMPORT_PATH`); the deployment is "digits:1"."""
     import ray
 
     actors = ray._private.state.actors().values()  # the GCS' actor table (no dashboard needed)
     return {
         actor["Name"]: actor["Address"]["NodeID"]
         for actor in actors
-        if actor["Name"].startswith(REPLICA) and f"#digits:{version}#" in actor["Name"]
+        if actor["Name"].startswith(f"SERVE_REPLICA::{app}") and f"#digits:{version}#" in actor["Name"]
         if actor["State"] == "ALIVE"
     }
 
@@ -453,15 +455,76 @@ def test_serve_deploy_of_a_config_file_builds_the_same_application(
     wait_for(lambda: not replicas(), 60, "the replicas gone")
 
 
-def test_through_ray_client(
+def test_serve_run_of_the_builder(
     cluster: RayCluster, repository: Path, held_out: tuple[np.ndarray, np.ndarray], on_ray: OnRay
 ) -> None:
-    """`--ray ray://HOST:PORT`: deployed through the head's Ray Client server, as from a laptop
-    outside the cluster; the front still answers on the head node."""
+    """Ray's own way by import path: `serve run modelbay.ray:app repository=... replicas=2`, the
+    front the ingress behind Serve's HTTP proxy. This test starts Serve first, its proxy on a free
+    port (`serve run` would start one on port 8000, which it cannot be told otherwise); Ctrl-C
+    stops `serve run`, which shuts Serve down."""
+    from ray import serve
+
     images, expected = held_out
-    args = ["--ray", cluster.client, "--replicas", "1", "--num-cpus", "0.5"]
-    with serve_process(str(repository), *args, timeout_s=180) as served, Client(served.url) as client:
-        np.testing.assert_allclose(client.infer("digits", images[:8])["logits"], expected[:8], atol=1e-5)
+    port = free_port()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    command = [str(Path(sys.executable).parent / "serve"), "run", "--address", cluster.address]
+    command += ["modelbay.ray:app", f"repository={repository}", "replicas=2", "num_cpus=0.25", "grpc_port=0"]
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: _ready(url) or process.poll() is not None, 180, "serve run's application ready")
+            assert process.poll() is None, _read(output)
+            # one on each node (`serve run` names the application "default")
+            assert sorted(set(replicas(app="default").values())) == sorted(cluster.nodes)
+            with Client(url) as client:
+                logits = client.infer("digits", images[:8])["logits"]
+            np.testing.assert_allclose(logits, expected[:8], atol=1e-5)
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=90) == 0, _read(output)
+        finally:
+            stop(process)
+    wait_for(lambda: not replicas(app="default"), 60, "the replicas gone")
+
+
+def test_through_ray_client_replicas_follow_the_load(
+    cluster: RayCluster, repository: Path, held_out: tuple[np.ndarray, np.ndarray], on_ray: OnRay
+) -> None:
+    """`--ray ray://HOST:PORT --autoscale 1:2 --target-ongoing-requests 0.25`: deployed through
+    the head's Ray Client server, as from a laptop outside the cluster, each version with Serve's
+    autoscaling on modelbay's policy; the front still answers on the head node. Under six
+    closed-loop clients the replica holds about one request on average (the model takes
+    microseconds: most of a request's time is HTTP and the front), four times the target, and
+    Serve adds the second replica (after its look-back and upscale delay, about a minute), every
+    answer still right."""
+    images, expected = held_out
+    args = ["--ray", cluster.client, "--autoscale", "1:2", "--target-ongoing-requests", "0.25"]
+    with serve_process(str(repository), *args, "--num-cpus", "0.5", timeout_s=180) as served:
+        with Client(served.url) as client:
+            logits = client.infer("digits", images[:8])["logits"]
+        np.testing.assert_allclose(logits, expected[:8], atol=1e-5)
+        # What Serve runs the version with, as its dashboard's REST API reports it.
+        applications = httpx.get(f"{cluster.dashboard}/api/serve/applications/", timeout=30).json()
+        deployment = applications["applications"]["modelbay:digits:1"]["deployments"]["digits:1"]
+        scaling = deployment["deployment_config"]["autoscaling_config"]
+        assert (scaling["min_replicas"], scaling["max_replicas"]) == (1, 2)
+        assert scaling["target_ongoing_requests"] == 0.25
+        assert scaling["policy"]["policy_function"] == "modelbay.ray.autoscaling:requests_held_policy"
+        assert len(replicas()) == 1
+        load = Load(images, expected, served.url)
+        threads = [threading.Thread(target=load.run, args=(seed,), daemon=True) for seed in range(LOADERS)]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_for(lambda: len(replicas()) == 2, 150, "a second replica under load")
+            wait_for(lambda: load.answered_since(time.monotonic() - 1) >= 20, 30, "answers after")
+        finally:
+            load.stop.set()
+            for thread in threads:
+                thread.join(timeout=40)
+        assert not load.failed, load.failed[:3]
         served.process.send_signal(signal.SIGTERM)
         assert served.process.wait(timeout=90) == 0, served.log()
     wait_for(lambda: not replicas(), 60, "the replicas gone")
