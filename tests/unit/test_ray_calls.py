@@ -114,14 +114,23 @@ async def test_a_call_carries_about_call_bytes(
     assert await handle.seen.remote() == [[1, 2], [3], [4]]
 
 
-async def test_each_replica_that_answers_adds_calls(held: tuple[RemoteBatcher, Any]) -> None:
+async def test_each_replica_that_answers_adds_calls(
+    held: tuple[RemoteBatcher, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     batcher, handle = held
+    monkeypatch.setattr(remote, "REPLICA_SEEN_S", 0.5)
     assert batcher.calls_allowed() == CALLS_PER_REPLICA
     for replica in ("a", "b", "b"):
         task = request(batcher, 1)
         await handle.let_go.remote(replica)
         await task
     assert batcher.calls_allowed() == 2 * CALLS_PER_REPLICA
+    # A replica silent for REPLICA_SEEN_S (gone, or scaled down) no longer counts.
+    await asyncio.sleep(0.6)
+    task = request(batcher, 1)
+    await handle.let_go.remote("b")
+    await task
+    assert batcher.calls_allowed() == CALLS_PER_REPLICA
 
 
 async def test_stopping_answers_the_waiting_requests(held: tuple[RemoteBatcher, Any]) -> None:

@@ -100,7 +100,8 @@ class RemotePredictor(Predictor):
 
 
 class RemoteBatcher(Batcher):
-    """Forwards requests to the version's deployment, those of one event-loop turn in one call.
+    """Forwards requests to the version's deployment in groups, one call each, at most
+    CALLS_PER_REPLICA calls in flight per replica (the module docstring says how).
 
     Raises, besides what the replica raises (its ModelbayError, unwrapped): Overloaded when Serve
     refuses the call (every replica holds `max_queue_size` requests and as many wait),
@@ -226,10 +227,10 @@ class RemoteBatcher(Batcher):
                 call.future.set_exception(error)
 
     def _seen(self, replica: str) -> None:
-        """Note that `replica` answered now; forget those silent for REPLICA_SEEN_S."""
+        """Note that `replica` answered now; forget those silent for REPLICA_SEEN_S (a few
+        entries: a version's replicas)."""
         now = time.monotonic()
-        if replica not in self._replicas:
-            self._replicas = {r: at for r, at in self._replicas.items() if now - at < REPLICA_SEEN_S}
+        self._replicas = {r: at for r, at in self._replicas.items() if now - at < REPLICA_SEEN_S}
         self._replicas[replica] = now
 
     def _failure(self, exc: Exception) -> Exception:
