@@ -75,6 +75,14 @@ def test_the_serve_settings_are_ones_this_ray_reads() -> None:
         assert f'"{name}"' in source, name
 
 
+def test_the_environment_overrides_a_serve_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster whose replicas' gRPC ports the head cannot reach: Ray actor calls instead."""
+    monkeypatch.setenv("RAY_SERVE_USE_GRPC_BY_DEFAULT", "0")
+    config = ModelConfig(name="digits", version="1")
+    env_vars = model_deployment_options(config, RayOptions())["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert env_vars == {**SERVE_ENV, "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0"}
+
+
 def test_deployment_options_of_a_version() -> None:
     config = ModelConfig(
         name="digits", version="2", batching=BatchingConfig(max_batch_size=16, max_queue_size=100)

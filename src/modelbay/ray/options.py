@@ -5,6 +5,7 @@ No Ray import here: the CLI parses and checks these before it connects to a clus
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -141,8 +142,12 @@ def model_deployment_options(config: ModelConfig, options: RayOptions) -> dict[s
 
 def actor_options(**resources: Any) -> dict[str, Any]:
     """`ray_actor_options` of a deployment of the application: `resources` (num_cpus, num_gpus,
-    resources) and SERVE_ENV (Ray merges these variables with a job's own runtime_env)."""
-    return {**resources, "runtime_env": {"env_vars": SERVE_ENV}}
+    resources) and SERVE_ENV, each variable as the environment of the process building the
+    application sets it if it does (`RAY_SERVE_USE_GRPC_BY_DEFAULT=0 modelbay serve --ray ...`:
+    a cluster whose replicas' gRPC ports the head node cannot reach). Ray merges these variables
+    with a job's own runtime_env."""
+    env_vars = {name: os.environ.get(name, value) for name, value in SERVE_ENV.items()}
+    return {**resources, "runtime_env": {"env_vars": env_vars}}
 
 
 def model_configs(settings: Settings) -> list[ModelConfig]:
