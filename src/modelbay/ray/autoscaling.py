@@ -25,7 +25,6 @@ from ray.serve.config import AutoscalingContext
 # The custom metric each replica reports: requests it holds now (Serve averages it over
 # look_back_period_s).
 HELD = "requests_held"
-POLICY = "modelbay.ray.autoscaling:requests_held_policy"
 
 
 def requests_held_policy(ctx: AutoscalingContext) -> tuple[float, dict[str, Any]]:

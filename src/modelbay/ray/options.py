@@ -16,7 +16,7 @@ from modelbay.errors import ModelLoadError
 from modelbay.registry.repository import ModelRepository
 from modelbay.settings import ModelConfig, Settings
 
-# modelbay.ray.autoscaling.POLICY, named here: that module imports Ray.
+# Serve's import path of modelbay.ray.autoscaling.requests_held_policy (that module imports Ray).
 AUTOSCALING_POLICY = "modelbay.ray.autoscaling:requests_held_policy"
 # The application's name on the cluster (`serve status`, `serve.delete`), unless told otherwise.
 APP_NAME = "modelbay"

@@ -135,7 +135,7 @@ class RemoteBatcher(Batcher):
         waiting, self._waiting = self._waiting, []
         for call in waiting:
             if not call.future.done():
-                call.future.set_exception(ModelNotReady(f"model {self.name!r} is not running"))
+                call.future.set_exception(self._not_running())
         for task in list(self._calls):
             task.cancel()
 
@@ -157,7 +157,7 @@ class RemoteBatcher(Batcher):
         """Queue one request for the next call and wait for its answer (cancellable: a request
         still waiting does not go, one in a call is dropped by the replica at its deadline)."""
         if not self._running:
-            raise ModelNotReady(f"model {self.name!r} is not running")
+            raise self._not_running()
         context = CURRENT.get()
         call = _Call(method, payload, None if context is None else context.deadline)
         self._waiting.append(call)
@@ -213,7 +213,7 @@ class RemoteBatcher(Batcher):
             replica, answers = await response
         except asyncio.CancelledError:  # the front stopping
             response.cancel()
-            error: BaseException = ModelNotReady(f"model {self.name!r} is not running")
+            error: BaseException = self._not_running()
         except Exception as exc:
             error = self._failure(exc)
         else:
@@ -233,10 +233,13 @@ class RemoteBatcher(Batcher):
         self._replicas = {r: at for r, at in self._replicas.items() if now - at < REPLICA_SEEN_S}
         self._replicas[replica] = now
 
+    def _not_running(self) -> ModelNotReady:
+        return ModelNotReady(f"model {self.name!r} is not running")
+
     def _failure(self, exc: Exception) -> Exception:
         """The ModelbayError a failed call means for the requests in it."""
         if not self._running:  # stop() cancelled it (Serve may raise RequestCancelledError)
-            return ModelNotReady(f"model {self.name!r} is not running")
+            return self._not_running()
         if isinstance(exc, RayTaskError):
             cause = exc.cause
             if isinstance(cause, ModelbayError):
