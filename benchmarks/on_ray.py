@@ -1,12 +1,14 @@
 """modelbay on Ray (1 and 2 replicas) vs modelbay alone vs a plain Ray Serve deployment, one run.
 
-    python benchmarks/on_ray.py                 # ~5 minutes; needs modelbay[ray]
+    python benchmarks/on_ray.py                 # ~6 minutes; needs modelbay[ray]
 
 The digits ONNX model (examples/digits/artifacts/digits.onnx), one scan per OIP JSON request, driven
 by modelbay's own closed-loop load generator (modelbay.bench.load.measure: 32 keep-alive
 connections) against, in turn:
   - `modelbay serve digits.onnx` (one process);
-  - `modelbay serve digits.onnx --ray ADDRESS --replicas N --num-cpus 1`, N = 1 and 2;
+  - `modelbay serve digits.onnx --ray ADDRESS --replicas N --num-cpus 1`, N = 1 and 2, and N = 1
+    again on Serve's own request path (SERVE_DEFAULTS: without what modelbay.ray.options.SERVE_ENV
+    sets);
   - a plain Ray Serve deployment of the same model written the way Ray's docs show it
     (`@serve.deployment` + `@serve.batch`, `await request.json()`, onnxruntime), N = 1 and 2,
     with the same batch limit (32) and no batch wait (modelbay's defaults): on Serve's defaults,
@@ -159,6 +161,14 @@ ROLES = (
     ("proxy", "ray::ProxyActor"),
 )
 WARMUP_S = 3.0
+# Serve's own values of the variables modelbay.ray.options.SERVE_ENV sets (the environment of
+# `modelbay serve --ray` overrides them): handle calls as Ray actor tasks, user code and router
+# on threads of their own.
+SERVE_DEFAULTS = {
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
+}
 
 
 def cpu_seconds() -> dict[tuple[str, str], float]:
@@ -251,6 +261,10 @@ def main() -> None:
             rows.append(
                 point(f"modelbay on Ray, {replicas} replica(s)", command, env, url, payload, args.duration_s)
             )
+        # The same on Serve's own request path: what modelbay.ray.options.SERVE_ENV changes.
+        command = run.modelbay_command(ONNX, port, "--ray", address, "--replicas", "1", "--num-cpus", "1")
+        name = "modelbay on Ray, 1 replica(s), Serve's default request path"
+        rows.append(point(name, command, {**env, **SERVE_DEFAULTS}, url, payload, args.duration_s))
         rows += plain_rows(address, env, payload, args.duration_s, "")
     fast = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
     with tempfile.TemporaryDirectory(prefix="mbbench") as tmp, ray_node(Path(tmp), fast) as address:
